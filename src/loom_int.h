@@ -326,6 +326,13 @@ LOOM_HIDDEN void loom__open_sync(lua_State *L, loom_runtime *rt);
 LOOM_HIDDEN void loom__open_coro(lua_State *L, loom_runtime *rt);
 /* The I/O modules (io.c collects them: tcp, udp, dns, fs, process, signal, stdio). */
 LOOM_HIDDEN void loom__open_io(lua_State *L, loom_runtime *rt);
+LOOM_HIDDEN void loom__open_tcp(lua_State *L, loom_runtime *rt);
+LOOM_HIDDEN void loom__open_udp(lua_State *L, loom_runtime *rt);
+LOOM_HIDDEN void loom__open_dns(lua_State *L, loom_runtime *rt);
+LOOM_HIDDEN void loom__open_fs(lua_State *L, loom_runtime *rt);
+LOOM_HIDDEN void loom__open_process(lua_State *L, loom_runtime *rt);
+LOOM_HIDDEN void loom__open_signal(lua_State *L, loom_runtime *rt);
+LOOM_HIDDEN void loom__open_stdio(lua_State *L, loom_runtime *rt);
 LOOM_HIDDEN void loom__preload(lua_State *L);
 /* One bounded pass for loom_step: ready tasklets until `deadline` (hrtime),
  * timers, a non-blocking poll. Returns 1 when work is left. */

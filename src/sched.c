@@ -387,7 +387,7 @@ static int start(loom_runtime *rt, lua_State *from, loom_tasklet *t) {
 
 static void release_thread(loom_runtime *rt, lua_State *co) {
   lua_settop(co, 0);
-  if (rt->npool < 256) {
+  if (rt->npool < 256 && lua_checkstack(rt->pool, 1)) {
     lua_pushthread(co);
     lua_xmove(co, rt->pool, 1);
     rt->npool++;

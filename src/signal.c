@@ -1,0 +1,9 @@
+/*
+ * signal.c - loom.signal (placeholder until the module lands; see docs/design.md).
+ */
+#include "loom_int.h"
+
+void loom__open_signal(lua_State *L, loom_runtime *rt) {
+  (void)L;
+  (void)rt;
+}
