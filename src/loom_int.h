@@ -249,6 +249,9 @@ LOOM_HIDDEN lua_State *loom__wake_stack(loom_runtime *rt, loom_tasklet *t, int n
  * releases it, and queues its tasklet to receive the n values pushed on
  * loom__wake_stack. */
 LOOM_HIDDEN void loom__wake(loom_runtime *rt, loom_block *b, int n, int why);
+/* Releases a block that was never suspended on (the operation failed to
+ * start): the caller then returns its fail triple directly. */
+LOOM_HIDDEN void loom__block_abort(loom_runtime *rt, loom_block *b);
 /* Wakes with the fail triple nil, "CODE: msg", "CODE". */
 LOOM_HIDDEN void loom__wake_fail(loom_runtime *rt, loom_block *b, const char *code,
                                  const char *msg, int why);

@@ -821,3 +821,11 @@ int loom__step(loom_runtime *rt, lua_State *L, uint64_t deadline) {
   rt->driving--;
   return rt->ready_head != NULL || loop_alive(rt);
 }
+
+void loom__block_abort(loom_runtime *rt, loom_block *b) {
+  loom_tasklet *t = b->t;
+  block_detach(rt, b);
+  if (t->block == b)
+    t->block = NULL;
+  block_release(rt, b);
+}
