@@ -18,14 +18,14 @@
 enum { W_SEND = 1, W_RECV = 2 };
 
 typedef struct channel {
+  uint32_t magic; /* LOOM_MAGIC(LOOM_MT_CHANNEL) */
   loom_waitq recvq, sendq;
   lua_Integer cap, count, head; /* ring: slots head+1 .. head+count (mod cap) */
   int closed;
 } channel;
 
-static channel *check_channel(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, CHANNEL_MT);
-}
+#define check_channel(L, idx) \
+  ((channel *)loom__checkud_sized((L), (idx), LOOM_MT_CHANNEL, sizeof(channel), CHANNEL_MT))
 
 /* ------------------------------------------------------------ buffer */
 
@@ -179,7 +179,6 @@ static int ch_send(lua_State *L) {
   if (timeout == 0)
     return loom__fail(L, "ETIMEDOUT", "timed out");
   loom__check_block(L, rt);
-  lua_settop(L, 2);
   b = loom__block_new(rt, L, "channel send");
   b->w.kind = W_SEND;
   b->w.vL = L;
@@ -207,7 +206,6 @@ static int ch_receive(lua_State *L) {
   channel *ch = check_channel(L, 1);
   double timeout = loom__opt_timeout(L, 2);
   loom_block *b;
-  lua_settop(L, 1);
   if (try_receive(rt, L, ch, 1)) {
     check_exception(L);
     return 1;
@@ -257,7 +255,7 @@ static int iter_next(lua_State *L) {
 }
 
 static int ch_iter(lua_State *L) {
-  check_channel(L, 1);
+  luaL_checkudata(L, 1, CHANNEL_MT);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushvalue(L, 1);
   lua_pushvalue(L, lua_upvalueindex(1));
@@ -271,20 +269,20 @@ static int ch_len(lua_State *L) {
   return 1;
 }
 
-static int ch_index(lua_State *L) {
+/* Properties: any key that is not a method (called with methods, key). */
+static int ch_props(lua_State *L) {
   channel *ch = check_channel(L, 1);
-  const char *k = luaL_checkstring(L, 2);
-  if (strcmp(k, "closed") == 0)
+  const char *k = lua_tostring(L, 2);
+  if (!k)
+    lua_pushnil(L);
+  else if (strcmp(k, "closed") == 0)
     lua_pushboolean(L, ch->closed);
   else if (strcmp(k, "balance") == 0)
     lua_pushinteger(L, ch->sendq.count - ch->recvq.count);
   else if (strcmp(k, "capacity") == 0)
     lua_pushinteger(L, ch->cap);
-  else {
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
-  }
+  else
+    lua_pushnil(L);
   return 1;
 }
 
@@ -301,6 +299,7 @@ static int l_channel(lua_State *L) {
   luaL_argcheck(L, cap >= 0, 1, "capacity must not be negative");
   ch = lua_newuserdatauv(L, sizeof *ch, 1);
   memset(ch, 0, sizeof *ch);
+  ch->magic = LOOM_MAGIC(LOOM_MT_CHANNEL);
   ch->cap = cap;
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
@@ -404,21 +403,21 @@ static int l_select(lua_State *L) {
 
 void loom__open_channel(lua_State *L, loom_runtime *rt) {
   static const luaL_Reg funcs[] = {{"channel", l_channel}, {"select", l_select}, {NULL, NULL}};
-  static const luaL_Reg meta[] = {
-      {"__index", ch_index}, {"__len", ch_len}, {"__tostring", ch_tostring}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__len", ch_len}, {"__tostring", ch_tostring}, {NULL, NULL}};
   static const luaL_Reg methods[] = {{"send", ch_send},
                                      {"receive", ch_receive},
                                      {"close", ch_close},
                                      {"send_exception", ch_send_exception},
                                      {NULL, NULL}};
   luaL_newmetatable(L, CHANNEL_MT);
+  loom__fast_mt(L, rt, LOOM_MT_CHANNEL);
   loom__setfuncs(L, rt, meta);
   lua_newtable(L);
   loom__setfuncs(L, rt, methods);
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, ch_iter, 1);
   lua_setfield(L, -2, "iter");
-  lua_setfield(L, -2, "methods");
+  loom__set_methods(L, rt, ch_props);
   lua_pop(L, 1);
   luaL_newmetatable(L, EXCEPTION_MT);
   lua_pop(L, 1);

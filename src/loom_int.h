@@ -120,6 +120,7 @@ enum {
  * results table after death; 2 = the spawn site function or a table
  * {site, on_done}; 3.. = the start arguments. */
 struct loom_tasklet {
+  uint32_t magic;      /* LOOM_MAGIC(LOOM_MT_TASKLET) */
   loom_tasklet *next;  /* ready queue link */
   lua_State *L;        /* its thread while started, else NULL */
   loom_block *block;   /* what it waits for while BLOCKED */
@@ -135,6 +136,9 @@ struct loom_tasklet {
   uint8_t nresume_k;   /* 1: it last yielded at a wait point (has a continuation) */
   uint16_t flags;
 };
+
+/* Types whose checks sit on hot paths (loom__checkud). */
+enum { LOOM_MT_TASKLET = 0, LOOM_MT_CHANNEL, LOOM_MT_EVENT, LOOM_MT_SEMAPHORE, LOOM_MT_N };
 
 /* ------------------------------------------------------------ objects */
 /* Every I/O object with libuv handles links itself into its runtime, so a
@@ -212,6 +216,7 @@ struct loom_runtime {
   struct loom_post_queue *posts;
   volatile int interrupted;
   int sandbox;
+  const void *mt[LOOM_MT_N]; /* metatables of the hot types (identity only) */
 };
 
 /* Finds the runtime of a state (stored in the registry); NULL if none. */
@@ -316,6 +321,26 @@ LOOM_HIDDEN void loom__report(loom_runtime *rt, lua_State *L, int idx, const cha
 LOOM_HIDDEN void loom__errors_open(lua_State *L, loom_runtime *rt);
 
 /* ------------------------------------------------------------ argument checks */
+/* Types whose checks sit on hot paths: their metatables are compared by
+ * identity (no registry lookup). */
+/* Registers the metatable on top under tname for fast checks of kind. */
+LOOM_HIDDEN void loom__fast_mt(lua_State *L, loom_runtime *rt, int kind);
+/* luaL_checkudata for the hot types, cheaper: each of their structs starts
+ * with a magic word, and a userdata of the right size carrying it can only
+ * have been made by loom (Lua code cannot forge userdata bytes). Anything
+ * else goes through luaL_checkudata for the usual message. */
+#define LOOM_MAGIC(kind) (0x6c6f6f00u + (uint32_t)(kind))
+static inline void *loom__checkud_sized(lua_State *L, int idx, int kind, size_t size,
+                                        const char *tname) {
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_rawlen(L, idx) == size && *(const uint32_t *)p == LOOM_MAGIC(kind))
+    return p;
+  return luaL_checkudata(L, idx, tname);
+}
+/* Makes the metatable on top use the table `methods` (on top, popped) for
+ * method lookups and `props(L)` (a C function, upvalue 1 = rt) for any other
+ * key: methods cost a table lookup, not a function call. */
+LOOM_HIDDEN void loom__set_methods(lua_State *L, loom_runtime *rt, lua_CFunction props);
 /* Optional timeout in seconds at idx: nil -> -1 (none); raises on negative,
  * NaN or non-number. Infinite means none. */
 LOOM_HIDDEN double loom__opt_timeout(lua_State *L, int idx);

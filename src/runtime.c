@@ -27,6 +27,22 @@ void loom__setfuncs(lua_State *L, loom_runtime *rt, const luaL_Reg *l) {
   }
 }
 
+/* ------------------------------------------------------------ type checks */
+
+void loom__fast_mt(lua_State *L, loom_runtime *rt, int kind) {
+  rt->mt[kind] = lua_topointer(L, -1);
+}
+
+void loom__set_methods(lua_State *L, loom_runtime *rt, lua_CFunction props) {
+  /* stack: metatable, methods */
+  lua_createtable(L, 0, 1);
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, props, 1);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, -2, "__index");
+}
+
 /* ------------------------------------------------------------ reactor calls */
 
 static int msgh(lua_State *L) {

@@ -131,11 +131,21 @@ loom_block *loom__block_new(loom_runtime *rt, lua_State *L, const char *what) {
       return NULL;
     }
   }
-  memset(b, 0, sizeof *b);
+  /* Field by field: blocks are taken on every wait. */
   b->t = t;
   b->what = what;
+  b->cancel = NULL;
+  b->data = NULL;
+  b->timer.index = SIZE_MAX;
+  b->timer.fire = block_timeout_fire;
+  b->w.next = b->w.prev = NULL;
+  b->w.queue = NULL;
   b->w.block = b;
-  loom__timer_init(&b->timer, block_timeout_fire);
+  b->w.kind = 0;
+  b->w.index = 0;
+  b->w.vL = NULL;
+  b->extra = NULL;
+  b->nextra = 0;
   t->block = b;
   if (t->flags & LOOM_T_MAIN)
     t->L = L;
@@ -355,10 +365,10 @@ void loom__push_tasklet(lua_State *L, loom_runtime *rt, loom_tasklet *t) {
  * and arguments onto it. */
 static int start(loom_runtime *rt, lua_State *from, loom_tasklet *t) {
   lua_State *co;
-  int i, ud;
-  luaL_checkstack(from, 4, NULL);
-  loom__push_tasklet(from, rt, t);
-  ud = lua_gettop(from);
+  int i, top = lua_gettop(from), ud = top + 2;
+  luaL_checkstack(from, t->nargs + 5, NULL);
+  lua_rawgeti(from, LUA_REGISTRYINDEX, rt->live_ref);
+  lua_rawgeti(from, -1, t->slot);
   if (rt->npool > 0) {
     lua_xmove(rt->pool, from, 1);
     rt->npool--;
@@ -368,17 +378,14 @@ static int start(loom_runtime *rt, lua_State *from, loom_tasklet *t) {
     *(void **)lua_getextraspace(co) = &loom__thread_tag;
   }
   if (!lua_checkstack(co, t->nargs + LUA_MINSTACK)) {
-    lua_settop(from, ud - 1);
+    lua_settop(from, top);
     return 0;
   }
-  lua_getiuservalue(from, ud, 1);
-  lua_xmove(from, co, 1);
-  for (i = 1; i <= t->nargs; i++) {
-    lua_getiuservalue(from, ud, 2 + i);
-    lua_xmove(from, co, 1);
-  }
+  for (i = 0; i <= t->nargs; i++)
+    lua_getiuservalue(from, ud, 1 + (i ? 1 + i : 0));
+  lua_xmove(from, co, t->nargs + 1);
   lua_setiuservalue(from, ud, 1); /* the thread replaces the function */
-  lua_settop(from, ud - 1);
+  lua_settop(from, top);
   t->L = co;
   t->flags |= LOOM_T_STARTED;
   t->nresume = t->nargs;
@@ -440,7 +447,8 @@ static void wake_joiners(loom_runtime *rt, lua_State *from, loom_tasklet *t, int
   }
 }
 
-static void mark_dead(loom_runtime *rt, lua_State *from, loom_tasklet *t) {
+/* live: stack index of the live table in `from`. */
+static void mark_dead(loom_runtime *rt, lua_State *from, loom_tasklet *t, int live) {
   t->status = LOOM_DEAD;
   t->L = NULL;
   if (t->block) {
@@ -457,10 +465,8 @@ static void mark_dead(loom_runtime *rt, lua_State *from, loom_tasklet *t) {
     t->flags &= ~LOOM_T_PENDING;
   }
   loom__deadlines_free(rt, t);
-  push_live(from, rt);
   lua_pushnil(from);
-  lua_rawseti(from, -2, t->slot);
-  lua_pop(from, 1);
+  lua_rawseti(from, live, t->slot);
   if (rt->nfree == rt->cap_free) {
     int cap = rt->cap_free ? rt->cap_free * 2 : 256;
     int32_t *s = realloc(rt->free_slots, (size_t)cap * sizeof *s);
@@ -505,9 +511,11 @@ static void finish(loom_runtime *rt, lua_State *from, loom_tasklet *t, int rc, i
   int ud, base, ok = (rc == LUA_OK), n, killed = 0, tb = 0;
   int watched = (t->flags & LOOM_T_WATCHED) != 0;
   int joined = t->joiners.count > 0;
+  int live = lua_gettop(from) + 1;
   luaL_checkstack(from, nres + 8, "too many results");
-  loom__push_tasklet(from, rt, t);
-  ud = lua_gettop(from);
+  lua_rawgeti(from, LUA_REGISTRYINDEX, rt->live_ref);
+  lua_rawgeti(from, live, t->slot);
+  ud = live + 1;
   if (ok) {
     n = nres;
     lua_xmove(co, from, nres);
@@ -560,11 +568,10 @@ static void finish(loom_runtime *rt, lua_State *from, loom_tasklet *t, int rc, i
       lua_setfield(from, -2, "traceback");
     }
     lua_setiuservalue(from, ud, 1);
-  } else {
-    lua_pushnil(from);
-    lua_setiuservalue(from, ud, 1);
   }
-  mark_dead(rt, from, t);
+  /* Otherwise user value 1 keeps the (pooled) thread: join() of a dead
+   * tasklet only looks for a results table there. */
+  mark_dead(rt, from, t, live);
   if (watched)
     call_on_done(rt, from, ud, ok, base, n);
   if (joined)
@@ -573,15 +580,16 @@ static void finish(loom_runtime *rt, lua_State *from, loom_tasklet *t, int rc, i
     loom__push_label(from, rt, t);
     loom__report(rt, from, base, lua_tostring(from, -1), lua_tostring(from, tb));
   }
-  lua_settop(from, ud - 1);
+  lua_settop(from, live - 1);
 }
 
 /* A tasklet killed before its first run ends without running. */
 static void finish_unstarted(loom_runtime *rt, lua_State *from, loom_tasklet *t) {
-  int ud, err;
+  int ud, err, live = lua_gettop(from) + 1;
   luaL_checkstack(from, 6, NULL);
-  loom__push_tasklet(from, rt, t);
-  ud = lua_gettop(from);
+  lua_rawgeti(from, LUA_REGISTRYINDEX, rt->live_ref);
+  lua_rawgeti(from, live, t->slot);
+  ud = live + 1;
   lua_rawgeti(from, LUA_REGISTRYINDEX, t->pending_ref);
   err = lua_gettop(from);
   luaL_unref(from, LUA_REGISTRYINDEX, t->pending_ref);
@@ -595,7 +603,7 @@ static void finish_unstarted(loom_runtime *rt, lua_State *from, loom_tasklet *t)
   lua_pushboolean(from, 0);
   lua_setfield(from, -2, "ok");
   lua_setiuservalue(from, ud, 1);
-  mark_dead(rt, from, t);
+  mark_dead(rt, from, t, live);
   if (t->flags & LOOM_T_WATCHED)
     call_on_done(rt, from, ud, 0, err, 1);
   if (t->joiners.count > 0)
@@ -604,7 +612,7 @@ static void finish_unstarted(loom_runtime *rt, lua_State *from, loom_tasklet *t)
     loom__push_label(from, rt, t);
     loom__report(rt, from, err, lua_tostring(from, -1), NULL);
   }
-  lua_settop(from, ud - 1);
+  lua_settop(from, live - 1);
 }
 
 /* ------------------------------------------------------------ the resume site */

@@ -12,6 +12,7 @@
 /* ------------------------------------------------------------ event */
 
 typedef struct event {
+  uint32_t magic;
   loom_waitq waiters;
   int set;
 } event;
@@ -19,13 +20,14 @@ typedef struct event {
 static int l_event(lua_State *L) {
   event *ev = lua_newuserdatauv(L, sizeof *ev, 0);
   memset(ev, 0, sizeof *ev);
+  ev->magic = LOOM_MAGIC(LOOM_MT_EVENT);
   luaL_setmetatable(L, EVENT_MT);
   return 1;
 }
 
 static int ev_set(lua_State *L) {
   loom_runtime *rt = loom__rt(L);
-  event *ev = luaL_checkudata(L, 1, EVENT_MT);
+  event *ev = loom__checkud_sized(L, 1, LOOM_MT_EVENT, sizeof(event), EVENT_MT);
   loom_wait *w;
   ev->set = 1;
   while ((w = loom__waitq_pop(&ev->waiters)) != NULL) {
@@ -38,20 +40,20 @@ static int ev_set(lua_State *L) {
 }
 
 static int ev_clear(lua_State *L) {
-  luaL_checkudata(L, 1, EVENT_MT);
+  loom__checkud_sized(L, 1, LOOM_MT_EVENT, sizeof(event), EVENT_MT);
   ((event *)lua_touserdata(L, 1))->set = 0;
   return 0;
 }
 
 static int ev_is_set(lua_State *L) {
-  event *ev = luaL_checkudata(L, 1, EVENT_MT);
+  event *ev = loom__checkud_sized(L, 1, LOOM_MT_EVENT, sizeof(event), EVENT_MT);
   lua_pushboolean(L, ev->set);
   return 1;
 }
 
 static int ev_wait(lua_State *L) {
   loom_runtime *rt = loom__rt(L);
-  event *ev = luaL_checkudata(L, 1, EVENT_MT);
+  event *ev = loom__checkud_sized(L, 1, LOOM_MT_EVENT, sizeof(event), EVENT_MT);
   double timeout = loom__opt_timeout(L, 2);
   loom_block *b;
   if (ev->set) {
@@ -69,7 +71,7 @@ static int ev_wait(lua_State *L) {
 }
 
 static int ev_tostring(lua_State *L) {
-  event *ev = luaL_checkudata(L, 1, EVENT_MT);
+  event *ev = loom__checkud_sized(L, 1, LOOM_MT_EVENT, sizeof(event), EVENT_MT);
   lua_pushfstring(L, "loom.event (%s, %d waiting): %p", ev->set ? "set" : "clear",
                   ev->waiters.count, (void *)ev);
   return 1;
@@ -78,6 +80,7 @@ static int ev_tostring(lua_State *L) {
 /* ------------------------------------------------------------ semaphore */
 
 typedef struct semaphore {
+  uint32_t magic;
   loom_waitq waiters;
   lua_Integer count;
 } semaphore;
@@ -88,6 +91,7 @@ static int l_semaphore(lua_State *L) {
   luaL_argcheck(L, n >= 0, 1, "count must not be negative");
   s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
+  s->magic = LOOM_MAGIC(LOOM_MT_SEMAPHORE);
   s->count = n;
   luaL_setmetatable(L, SEMAPHORE_MT);
   return 1;
@@ -95,7 +99,7 @@ static int l_semaphore(lua_State *L) {
 
 static int sem_acquire(lua_State *L) {
   loom_runtime *rt = loom__rt(L);
-  semaphore *s = luaL_checkudata(L, 1, SEMAPHORE_MT);
+  semaphore *s = loom__checkud_sized(L, 1, LOOM_MT_SEMAPHORE, sizeof(semaphore), SEMAPHORE_MT);
   double timeout = loom__opt_timeout(L, 2);
   loom_block *b;
   if (s->count > 0 && !s->waiters.head) {
@@ -117,7 +121,7 @@ static int sem_acquire(lua_State *L) {
  * that acquires again at once cannot starve it. */
 static int sem_release(lua_State *L) {
   loom_runtime *rt = loom__rt(L);
-  semaphore *s = luaL_checkudata(L, 1, SEMAPHORE_MT);
+  semaphore *s = loom__checkud_sized(L, 1, LOOM_MT_SEMAPHORE, sizeof(semaphore), SEMAPHORE_MT);
   loom_wait *w = loom__waitq_pop(&s->waiters);
   if (w) {
     lua_State *S = loom__wake_stack(rt, w->block->t, 1);
@@ -129,21 +133,18 @@ static int sem_release(lua_State *L) {
   return 0;
 }
 
-static int sem_index(lua_State *L) {
-  semaphore *s = luaL_checkudata(L, 1, SEMAPHORE_MT);
-  const char *k = luaL_checkstring(L, 2);
-  if (strcmp(k, "count") == 0) {
+static int sem_props(lua_State *L) {
+  semaphore *s = loom__checkud_sized(L, 1, LOOM_MT_SEMAPHORE, sizeof(semaphore), SEMAPHORE_MT);
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "count") == 0)
     lua_pushinteger(L, s->count);
-    return 1;
-  }
-  lua_getmetatable(L, 1);
-  lua_getfield(L, -1, "methods");
-  lua_getfield(L, -1, k);
+  else
+    lua_pushnil(L);
   return 1;
 }
 
 static int sem_tostring(lua_State *L) {
-  semaphore *s = luaL_checkudata(L, 1, SEMAPHORE_MT);
+  semaphore *s = loom__checkud_sized(L, 1, LOOM_MT_SEMAPHORE, sizeof(semaphore), SEMAPHORE_MT);
   lua_pushfstring(L, "loom.semaphore (%I, %d waiting): %p", s->count, s->waiters.count, (void *)s);
   return 1;
 }
@@ -155,20 +156,22 @@ void loom__open_sync(lua_State *L, loom_runtime *rt) {
   static const luaL_Reg sem_methods[] = {
       {"acquire", sem_acquire}, {"release", sem_release}, {NULL, NULL}};
   luaL_newmetatable(L, EVENT_MT);
+  loom__fast_mt(L, rt, LOOM_MT_EVENT);
   lua_newtable(L);
   loom__setfuncs(L, rt, ev_methods);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, ev_tostring);
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, ev_tostring, 1);
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
   luaL_newmetatable(L, SEMAPHORE_MT);
-  lua_pushcfunction(L, sem_index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, sem_tostring);
+  loom__fast_mt(L, rt, LOOM_MT_SEMAPHORE);
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, sem_tostring, 1);
   lua_setfield(L, -2, "__tostring");
   lua_newtable(L);
   loom__setfuncs(L, rt, sem_methods);
-  lua_setfield(L, -2, "methods");
+  loom__set_methods(L, rt, sem_props);
   lua_pop(L, 1);
   loom__setfuncs(L, rt, funcs);
 }

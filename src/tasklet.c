@@ -14,9 +14,8 @@
 
 static const char *const status_names[] = {"ready", "running", "blocked", "dead"};
 
-static loom_tasklet *check_tasklet(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, TASKLET_MT);
-}
+#define check_tasklet(L, idx) \
+  ((loom_tasklet *)loom__checkud_sized((L), (idx), LOOM_MT_TASKLET, sizeof(loom_tasklet), TASKLET_MT))
 
 /* ------------------------------------------------------------ names */
 
@@ -78,7 +77,7 @@ static void check_callable(lua_State *L, int idx) {
 
 /* The function is at top - nargs, followed by its arguments. */
 loom_tasklet *loom__spawn(lua_State *L, loom_runtime *rt, int nargs, int on_done_idx) {
-  int fn = lua_gettop(L) - nargs, i, ud;
+  int fn = lua_gettop(L) - nargs, i;
   loom_tasklet *t;
   lua_Debug ar;
   if (nargs > 250)
@@ -87,16 +86,22 @@ loom_tasklet *loom__spawn(lua_State *L, loom_runtime *rt, int nargs, int on_done
     on_done_idx = lua_absindex(L, on_done_idx);
   luaL_checkstack(L, 6, NULL);
   t = lua_newuserdatauv(L, sizeof *t, 2 + nargs);
-  ud = lua_gettop(L);
   memset(t, 0, sizeof *t);
+  t->magic = LOOM_MAGIC(LOOM_MT_TASKLET);
   t->pending_ref = LUA_NOREF;
   t->nargs = (uint16_t)nargs;
+  /* Move the userdata under the function: each lua_setiuservalue below then
+   * pops the next argument, last first, with no copies. */
+  lua_insert(L, fn);
+  for (i = nargs; i >= 1; i--)
+    lua_setiuservalue(L, fn, 2 + i);
+  lua_setiuservalue(L, fn, 1);
   luaL_setmetatable(L, TASKLET_MT);
   /* Where it was spawned: the calling function and line, read cheaply now
    * and formatted only if an error report needs them. */
-  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar))
     t->spawn_line = ar.currentline;
-  } else
+  else
     lua_pushnil(L);
   if (on_done_idx) {
     lua_createtable(L, 0, 2);
@@ -106,29 +111,20 @@ loom_tasklet *loom__spawn(lua_State *L, loom_runtime *rt, int nargs, int on_done
     lua_setfield(L, -2, "on_done");
     t->flags |= LOOM_T_WATCHED;
   }
-  lua_setiuservalue(L, ud, 2);
-  for (i = 1; i <= nargs; i++) {
-    lua_pushvalue(L, fn + i);
-    lua_setiuservalue(L, ud, 2 + i);
-  }
-  lua_pushvalue(L, fn);
-  lua_setiuservalue(L, ud, 1);
+  lua_setiuservalue(L, fn, 2);
   /* A live slot anchors the userdata until the tasklet ends. */
   if (rt->nfree > 0)
     t->slot = rt->free_slots[--rt->nfree];
   else
     t->slot = rt->next_slot++;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->live_ref);
-  lua_pushvalue(L, ud);
+  lua_pushvalue(L, fn);
   lua_rawseti(L, -2, t->slot);
   lua_pop(L, 1);
   t->id = ++rt->next_id;
   rt->nlive++;
   rt->spawned++;
-  /* Leave only the userdata where the function was. */
-  lua_replace(L, fn);
-  lua_settop(L, fn);
-  return t;
+  return t; /* the userdata is on top, where the function was */
 }
 
 static int l_spawn(lua_State *L) {
@@ -284,20 +280,20 @@ static int t_traceback(lua_State *L) {
   return 1;
 }
 
-static int t_index(lua_State *L) {
+/* Properties: any key that is not a method. */
+static int t_props(lua_State *L) {
   loom_tasklet *t = check_tasklet(L, 1);
-  const char *k = luaL_checkstring(L, 2);
-  if (strcmp(k, "status") == 0)
+  const char *k = lua_tostring(L, 2);
+  if (!k)
+    lua_pushnil(L);
+  else if (strcmp(k, "status") == 0)
     lua_pushstring(L, status_names[t->status]);
   else if (strcmp(k, "id") == 0)
     lua_pushinteger(L, (lua_Integer)t->id);
   else if (strcmp(k, "name") == 0)
     push_name(L, 1);
-  else {
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
-  }
+  else
+    lua_pushnil(L);
   return 1;
 }
 
@@ -415,18 +411,18 @@ void loom__open_tasklet(lua_State *L, loom_runtime *rt) {
                                    {"yield", l_yield},       {"tasklets", l_tasklets},
                                    {"dump", l_dump},         {"stats", l_stats},
                                    {NULL, NULL}};
-  static const luaL_Reg meta[] = {{"__index", t_index},
-                                  {"__newindex", t_newindex},
+  static const luaL_Reg meta[] = {{"__newindex", t_newindex},
                                   {"__tostring", t_tostring},
                                   {NULL, NULL}};
   static const luaL_Reg methods[] = {{"join", t_join},       {"kill", t_kill},
                                      {"throw", t_throw},     {"alive", t_alive},
                                      {"traceback", t_traceback}, {NULL, NULL}};
   luaL_newmetatable(L, TASKLET_MT);
+  loom__fast_mt(L, rt, LOOM_MT_TASKLET);
   loom__setfuncs(L, rt, meta);
   lua_newtable(L);
   loom__setfuncs(L, rt, methods);
-  lua_setfield(L, -2, "methods");
+  loom__set_methods(L, rt, t_props);
   lua_pop(L, 1);
   loom__setfuncs(L, rt, funcs);
 }

@@ -145,7 +145,8 @@ double loom__check_seconds(lua_State *L, int idx) {
 }
 
 double loom__opt_timeout(lua_State *L, int idx) {
-  if (lua_isnoneornil(L, idx))
+  int tp = lua_type(L, idx);
+  if (tp == LUA_TNONE || tp == LUA_TNIL)
     return -1;
   return loom__check_seconds(L, idx);
 }
