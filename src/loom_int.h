@@ -124,7 +124,7 @@ struct loom_tasklet {
   loom_tasklet *next;  /* ready queue link */
   lua_State *L;        /* its thread while started, else NULL */
   loom_block *block;   /* what it waits for while BLOCKED */
-  loom_waitq joiners;  /* waits of join() callers */
+  loom_waitq *joiners; /* waits of join() callers; allocated by the first join */
   loom_deadline *deadlines; /* loom.timeout stack, innermost first */
   uint64_t id;
   int32_t slot;        /* index in the live table */
@@ -337,9 +337,10 @@ static inline void *loom__checkud_sized(lua_State *L, int idx, int kind, size_t 
     return p;
   return luaL_checkudata(L, idx, tname);
 }
-/* Makes the metatable on top use the table `methods` (on top, popped) for
- * method lookups and `props(L)` (a C function, upvalue 1 = rt) for any other
- * key: methods cost a table lookup, not a function call. */
+/* Gives the metatable under the methods table (on top, popped) an __index
+ * that finds methods with one raw table lookup and hands any other key to
+ * props(obj, key) (a C function, upvalue 1 = rt): no string compares and no
+ * registry lookups on the way to a method. */
 LOOM_HIDDEN void loom__set_methods(lua_State *L, loom_runtime *rt, lua_CFunction props);
 /* Optional timeout in seconds at idx: nil -> -1 (none); raises on negative,
  * NaN or non-number. Infinite means none. */

@@ -33,13 +33,27 @@ void loom__fast_mt(lua_State *L, loom_runtime *rt, int kind) {
   rt->mt[kind] = lua_topointer(L, -1);
 }
 
+/* __index: one raw lookup in the methods table (upvalue 2), then the
+ * properties function (upvalue 3) with the object and the key. */
+static int index_dispatch(lua_State *L) {
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL)
+    return 1;
+  lua_pop(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(3));
+  lua_insert(L, 1);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
 void loom__set_methods(lua_State *L, loom_runtime *rt, lua_CFunction props) {
   /* stack: metatable, methods */
-  lua_createtable(L, 0, 1);
+  lua_pushlightuserdata(L, rt);
+  lua_insert(L, -2);
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, props, 1);
-  lua_setfield(L, -2, "__index");
-  lua_setmetatable(L, -2);
+  lua_pushcclosure(L, index_dispatch, 3);
   lua_setfield(L, -2, "__index");
 }
 

@@ -248,8 +248,11 @@ static int suspend_main(lua_State *L, loom_runtime *rt, loom_block *b) {
   }
   rc = loom__drive(rt, L, m, 0);
   if (m->status == LOOM_BLOCKED) {
-    /* The drive ended before the wake: deadlock or loom.stop(). */
+    /* The drive ended before the wake: deadlock or loom.stop(). The report
+     * is built while the main thread still shows what it waits on. */
     loom_block *mb = m->block;
+    if (rc == LOOM_DEADLOCK)
+      loom__push_deadlock(L, rt);
     block_detach(rt, mb);
     if (mb->cancel)
       mb->cancel(rt, mb, LOOM_WOKE_CLOSE);
@@ -257,13 +260,12 @@ static int suspend_main(lua_State *L, loom_runtime *rt, loom_block *b) {
     m->status = LOOM_READY;
     rt->nblocked--;
     block_release(rt, mb);
+    lua_settop(rt->mstack, 0);
+    m->nresume = 0;
     if (rc == LOOM_DEADLOCK) {
-      loom__push_deadlock(L, rt);
       loom__kill_all(rt, L);
       return lua_error(L);
     }
-    lua_settop(rt->mstack, 0);
-    m->nresume = 0;
     return luaL_error(L, "interrupted: loom.stop() ended the loop while the main thread waited");
   }
   n = m->nresume;
@@ -430,7 +432,7 @@ static void call_on_done(loom_runtime *rt, lua_State *from, int ud, int ok, int 
 static void wake_joiners(loom_runtime *rt, lua_State *from, loom_tasklet *t, int ok, int base,
                          int n) {
   loom_wait *w;
-  while ((w = loom__waitq_pop(&t->joiners)) != NULL) {
+  while (t->joiners && (w = loom__waitq_pop(t->joiners)) != NULL) {
     loom_block *b = w->block;
     lua_State *S = loom__wake_stack(rt, b->t, n + 1);
     int i;
@@ -510,7 +512,7 @@ static void finish(loom_runtime *rt, lua_State *from, loom_tasklet *t, int rc, i
   lua_State *co = t->L;
   int ud, base, ok = (rc == LUA_OK), n, killed = 0, tb = 0;
   int watched = (t->flags & LOOM_T_WATCHED) != 0;
-  int joined = t->joiners.count > 0;
+  int joined = t->joiners && t->joiners->count > 0;
   int live = lua_gettop(from) + 1;
   luaL_checkstack(from, nres + 8, "too many results");
   lua_rawgeti(from, LUA_REGISTRYINDEX, rt->live_ref);
@@ -576,6 +578,8 @@ static void finish(loom_runtime *rt, lua_State *from, loom_tasklet *t, int rc, i
     call_on_done(rt, from, ud, ok, base, n);
   if (joined)
     wake_joiners(rt, from, t, ok, base, n);
+  free(t->joiners);
+  t->joiners = NULL;
   if (!ok && !killed && !watched && !joined) {
     loom__push_label(from, rt, t);
     loom__report(rt, from, base, lua_tostring(from, -1), lua_tostring(from, tb));
@@ -606,12 +610,14 @@ static void finish_unstarted(loom_runtime *rt, lua_State *from, loom_tasklet *t)
   mark_dead(rt, from, t, live);
   if (t->flags & LOOM_T_WATCHED)
     call_on_done(rt, from, ud, 0, err, 1);
-  if (t->joiners.count > 0)
+  if (t->joiners && t->joiners->count > 0)
     wake_joiners(rt, from, t, 0, err, 1);
   else if (!(t->flags & (LOOM_T_KILLED | LOOM_T_WATCHED))) {
     loom__push_label(from, rt, t);
     loom__report(rt, from, err, lua_tostring(from, -1), NULL);
   }
+  free(t->joiners);
+  t->joiners = NULL;
   lua_settop(from, live - 1);
 }
 

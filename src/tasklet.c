@@ -6,6 +6,7 @@
  * gets a thread only when it first runs, so a million queued tasklets cost
  * a userdata each, not a coroutine each.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "loom_int.h"
@@ -218,8 +219,10 @@ static int t_join(lua_State *L) {
   if (t == rt->current)
     return luaL_error(L, "a tasklet cannot join itself");
   loom__check_block(L, rt);
+  if (!t->joiners && !(t->joiners = calloc(1, sizeof *t->joiners)))
+    return luaL_error(L, "not enough memory");
   b = loom__block_new(rt, L, "join");
-  loom__waitq_push(&t->joiners, &b->w);
+  loom__waitq_push(t->joiners, &b->w);
   loom__block_timeout(rt, b, timeout);
   lua_settop(L, 0);
   return loom__suspend(L, rt, b);
