@@ -155,6 +155,8 @@ void loom__report(loom_runtime *rt, lua_State *L, int idx, const char *where,
   luaL_checkstack(L, 6, NULL);
   if (!where)
     where = "unhandled error";
+  /* `where` reads as a heading: "error in tasklet #3", "Unhandled error in
+   * Deferred", "error in a call_later callback". */
   if (rt->on_error_ref != LUA_NOREF && !rt->closing) {
     lua_State *R = rt->RL;
     lua_rawgeti(R, LUA_REGISTRYINDEX, rt->on_error_ref);
@@ -190,11 +192,11 @@ void loom__report(loom_runtime *rt, lua_State *L, int idx, const char *where,
   }
   /* The traceback already starts with the message when we built it. */
   if (traceback && strncmp(traceback, text, strlen(text)) == 0)
-    fprintf(stderr, "loom: error in %s: %s\n", where, traceback);
+    fprintf(stderr, "loom: %s: %s\n", where, traceback);
   else if (traceback)
-    fprintf(stderr, "loom: error in %s: %s\n%s\n", where, text, traceback);
+    fprintf(stderr, "loom: %s: %s\n%s\n", where, text, traceback);
   else
-    fprintf(stderr, "loom: error in %s: %s\n", where, text);
+    fprintf(stderr, "loom: %s: %s\n", where, text);
   fflush(stderr);
   lua_settop(L, idx);
 }

@@ -486,10 +486,11 @@ static void mark_dead(loom_runtime *rt, lua_State *from, loom_tasklet *t, int li
 static void push_death_traceback(loom_runtime *rt, lua_State *from, loom_tasklet *t, lua_State *co,
                                  int ud) {
   luaL_Buffer B;
+  /* luaL_buffinit pushes a placeholder in 5.4: start the buffer first. */
+  luaL_buffinit(from, &B);
   loom__push_error_text(co, -1);
   luaL_traceback(from, co, lua_tostring(co, -1), 0);
   lua_pop(co, 1);
-  luaL_buffinit(from, &B);
   luaL_addvalue(&B);
   lua_getiuservalue(from, ud, 2);
   if (lua_type(from, -1) == LUA_TTABLE) {
@@ -582,6 +583,7 @@ static void finish(loom_runtime *rt, lua_State *from, loom_tasklet *t, int rc, i
   t->joiners = NULL;
   if (!ok && !killed && !watched && !joined) {
     loom__push_label(from, rt, t);
+    lua_pushfstring(from, "error in %s", lua_tostring(from, -1));
     loom__report(rt, from, base, lua_tostring(from, -1), lua_tostring(from, tb));
   }
   lua_settop(from, live - 1);
@@ -614,6 +616,7 @@ static void finish_unstarted(loom_runtime *rt, lua_State *from, loom_tasklet *t)
     wake_joiners(rt, from, t, 0, err, 1);
   else if (!(t->flags & (LOOM_T_KILLED | LOOM_T_WATCHED))) {
     loom__push_label(from, rt, t);
+    lua_pushfstring(from, "error in %s", lua_tostring(from, -1));
     loom__report(rt, from, err, lua_tostring(from, -1), NULL);
   }
   free(t->joiners);

@@ -6,7 +6,7 @@ local core = require "loom.core"
 
 local getmetatable, setmetatable, type, select = getmetatable, setmetatable, type, select
 local xpcall, pcall, error, rawget, rawequal = xpcall, pcall, error, rawget, rawequal
-local tostring, pairs, tonumber = tostring, pairs, tonumber
+local tostring, pairs = tostring, pairs
 local pack, unpack, sort = table.pack, table.unpack, table.sort
 local find, format = string.find, string.format
 local floor = math.floor
@@ -35,6 +35,11 @@ end
 local function argerror(i, fname, expected, v, level)
   error(format("bad argument #%d to '%s' (%s expected, got %s)", i, fname, expected,
     typename(v)), (level or 1) + 2)
+end
+
+-- For a method called on something that is not its object, as Lua words it.
+local function selferror(fname, expected, v)
+  error(format("calling '%s' on bad self (%s expected, got %s)", fname, expected, typename(v)), 3)
 end
 
 local function callable(v)
@@ -138,13 +143,13 @@ end
 
 -- f:check(Class...) -> the first argument that matches f.value, or nil.
 function Failure:check(...)
-  if getmetatable(self) ~= Failure then argerror(0, "check", "loom.Failure", self) end
+  if getmetatable(self) ~= Failure then selferror("check", "loom.Failure", self) end
   return check(self, "check", ...)
 end
 
 -- f:raise() raises f.value itself (level 0: no position is prepended).
 function Failure:raise()
-  if getmetatable(self) ~= Failure then argerror(0, "raise", "loom.Failure", self) end
+  if getmetatable(self) ~= Failure then selferror("raise", "loom.Failure", self) end
   raising = self
   error(self.value, 0)
 end
@@ -152,7 +157,7 @@ end
 -- f:trap(Class...) -> like check, but re-raises the failure when nothing
 -- matches, so an errback passes on failures it was not written for.
 function Failure:trap(...)
-  if getmetatable(self) ~= Failure then argerror(0, "trap", "loom.Failure", self) end
+  if getmetatable(self) ~= Failure then selferror("trap", "loom.Failure", self) end
   local c = check(self, "trap", ...)
   if c == nil then
     raising = self
@@ -211,9 +216,13 @@ local Sentinel = {
 }
 
 local function track(d, f)
-  if f.quiet then return end
   local s = d.sentinel
-  if s == nil then
+  if f.quiet then
+    -- A kill is not an error; whatever d held before was handled.
+    if s then s.failure = nil end
+    return
+  end
+  if not s then
     serial = serial + 1
     s = setmetatable({ serial = serial }, Sentinel)
     d.sentinel = s
@@ -242,40 +251,82 @@ end
 
 ------------------------------------------------------------------ Deferred
 
-local Deferred = { __name = "loom.deferred" }
-Deferred.__index = Deferred
+-- A Deferred keeps its state in the array part of its table, which Lua
+-- allocates in one piece and far more cheaply than named fields:
+--   [1] the current result (UNFIRED until fired; the awaited Deferred while
+--       waiting on one; nil once handed to a Deferred waiting on this one)
+--   [2] hold: how many things keep the chain from advancing (user pauses,
+--       the wait for another Deferred, its own callbacks running now:
+--       Twisted's paused and _runningCallbacks in one counter)
+--   [3] the last used slot of the callback list
+--   [4...] the callback list, two slots an entry, always starting at [4]:
+--       (fn, CB | EB | BOTH), (false, {cb=, eb=, args=}) with extra
+--       arguments or two functions, or (waiting Deferred, CONT).
+-- Unused preallocated slots hold false, not nil: storing into an array slot
+-- that holds nil takes the VM's slow path.
+-- Named fields (canceller, suppress, sentinel, tasklet...) exist only when
+-- used; the class tables hold their defaults. `called` is public, so it is
+-- a class field too: firing swaps the metatable from Pending to Fired.
+-- (One declaration each: Lua folds only the last name of a list.)
+local RESULT <const> = 1
+local HOLD <const> = 2
+local LAST <const> = 3
+local FIRST <const> = 4
+local CONT <const> = 0
+local CB <const> = 1
+local EB <const> = 2
+local BOTH <const> = 3
+-- An outcome computed outside the loop (by callback()'s fast path), to be
+-- treated as if a callback had just returned (OK) or raised (ERR) it.
+local OUTCOME_OK <const> = 4
+local OUTCOME_ERR <const> = 5
 
--- The callback list is stored flat in the Deferred's own integer keys,
--- three slots per entry: callback, errback, packed extra arguments. `pos`
--- is the first unconsumed slot, `n` the last used one. An entry whose two
--- functions are CONT is a continuation: its third slot is a Deferred that
--- waits for this one's result (Twisted's _CONTINUE).
-local CONT = {}
+local UNFIRED = setmetatable({}, { __name = "loom.unfired" })
 
--- `paused` counts everything that keeps the chain from advancing: user
--- pauses, a wait for another Deferred, and callbacks of this Deferred
--- running right now (Twisted's _runningCallbacks).
-local function new_deferred(canceller)
-  return setmetatable({ called = false, paused = 0, n = 0, pos = 1, result = false,
-    canceller = canceller or false }, Deferred)
+local D = {}    -- the methods, copied into both classes below
+local Pending = { __name = "loom.deferred", called = false, canceller = false,
+  suppress = false, sentinel = false, pauses = 0 }
+local Fired = { __name = "loom.deferred", called = true, canceller = false,
+  suppress = false, sentinel = false, pauses = 0 }
+
+local function is_deferred(v)
+  local mt = getmetatable(v)
+  return mt == Pending or mt == Fired
 end
 
--- Makes d wait for r: pause d and append a continuation to r. r is not
--- running its callbacks into d right now, so appending directly is safe;
--- if r is mid-chain its running loop will reach the continuation.
+local function self_failure()
+  return new_failure("a callback returned the Deferred it was added to",
+    traceback and traceback(nil, 2))
+end
+
+-- Moves the entries still queued at pos... down to FIRST, so that a chain
+-- that stops part-way (waiting, paused) needs no separate read position.
+local function compact(d, pos)
+  local last = d[LAST]
+  local j = FIRST
+  for i = pos, last do
+    d[j] = d[i]
+    j = j + 1
+  end
+  for i = j, last do d[i] = nil end
+  d[LAST] = j - 1
+end
+
+-- Appends a continuation: when r's chain reaches it, d continues with r's
+-- result. d is paused until then.
 local function wait_on(d, r)
-  d.paused = d.paused + 1
-  d.result = r
-  local n = r.n
-  r[n + 1], r[n + 2], r[n + 3] = CONT, CONT, d
-  r.n = n + 3
+  d[HOLD] = d[HOLD] + 1
+  d[RESULT] = r
+  local n = r[LAST]
+  r[n + 1], r[n + 2] = d, CONT
+  r[LAST] = n + 2
 end
 
 -- Takes r's final result for someone else: r keeps nil, and its failure,
 -- now owned by the taker, is no longer r's to report.
 local function steal(r)
-  local v = r.result
-  r.result = nil
+  local v = r[RESULT]
+  r[RESULT] = nil
   local s = r.sentinel
   if s then s.failure = nil end
   return v
@@ -283,94 +334,108 @@ end
 
 -- Runs the callback chain of d, and of every Deferred waiting on it, with
 -- an explicit stack instead of recursion (Twisted's _runCallbacks), so that
--- 100,000 chained Deferreds need no C or Lua stack depth.
+-- 100,000 chained Deferreds need no C or Lua stack depth. `failed` tells
+-- whether d's current result is a Failure.
 local function run(d, failed)
-  if d.paused ~= 0 then return end
+  if d[HOLD] ~= 0 then return end
+  -- Only d can hold a reported failure at the start: a Deferred that waited
+  -- (or handed its result on) had no failure at rest.
+  local started_failed = failed
   local cur, stack, depth = d, nil, 0
   while true do
-    local result = cur.result
-    local pos = cur.pos
-    local moved = false
-    cur.paused = 1
-    while pos <= cur.n do
-      local cb, eb, args = cur[pos], cur[pos + 1], cur[pos + 2]
-      -- Only slots that exist are cleared: storing nil into a missing key
-      -- takes the VM's slow path.
-      if cb ~= nil then cur[pos] = nil end
-      if eb ~= nil then cur[pos + 1] = nil end
-      if args ~= nil then cur[pos + 2] = nil end
-      pos = pos + 3
-      if cb == CONT then
-        -- Hand the result to the waiting Deferred and come back to cur
-        -- (with nil) once that one is done.
-        cur.pos = pos
-        cur.result = nil
-        cur.paused = cur.paused - 1
-        local s = cur.sentinel
-        if s then s.failure = nil end
-        args.result = result
-        args.paused = args.paused - 1
-        depth = depth + 1
-        if stack == nil then stack = {} end
-        stack[depth] = cur
-        cur = args
-        failed = getmetatable(result) == Failure
-        moved = true
+    local result = cur[RESULT]
+    local pos = FIRST
+    local waiter = nil
+    cur[HOLD] = cur[HOLD] + 1
+    while pos <= cur[LAST] do
+      local a, b = cur[pos], cur[pos + 1]
+      cur[pos], cur[pos + 1] = nil, nil
+      pos = pos + 2
+      local ok
+      if b == CB then
+        if failed then goto continue end
+        ok, result = xpcall(a, on_error, result)
+      elseif b == EB then
+        if not failed then goto continue end
+        ok, result = xpcall(a, on_error, result)
+      elseif b == BOTH then
+        ok, result = xpcall(a, on_error, result)
+      elseif b == CONT then
+        waiter = a
         break
-      end
-      local fn
-      if failed then fn = eb else fn = cb end
-      if fn ~= nil then
-        local ok
+      elseif b == OUTCOME_OK then
+        ok, result = true, a
+      elseif b == OUTCOME_ERR then
+        ok, result = false, a
+      else
+        local fn
+        if failed then fn = b.eb else fn = b.cb end
+        if not fn then goto continue end
+        local args = b.args
         if args == nil then
           ok, result = xpcall(fn, on_error, result)
         else
           ok, result = xpcall(fn, on_error, result, unpack(args, 1, args.n))
         end
-        if ok then
-          local mt = getmetatable(result)
-          if mt == Deferred then
-            if result == cur then
-              failed = true
-              result = new_failure("a callback returned the Deferred it was added to",
-                traceback and traceback(nil, 1))
-            elseif result.called and result.paused == 0 then
-              result = steal(result)
-              failed = getmetatable(result) == Failure
-            else
-              wait_on(cur, result)
-              failed = false
-              break
-            end
+      end
+      if ok then
+        local mt = getmetatable(result)
+        if mt == Failure then
+          failed = true
+        elseif mt == Fired or mt == Pending then
+          if result == cur then
+            failed = true
+            result = self_failure()
+          elseif mt == Fired and result[HOLD] == 0 then
+            result = steal(result)
+            failed = getmetatable(result) == Failure
           else
-            failed = mt == Failure
+            -- Not ready: the rest of cur's chain runs when it fires.
+            wait_on(cur, result)
+            failed = false
+            break
           end
         else
-          failed = true
-          if getmetatable(result) ~= Failure then result = as_failure(result) end
+          failed = false
         end
-        cur.result = result
+      else
+        failed = true
+        if getmetatable(result) ~= Failure then result = as_failure(result) end
       end
+      ::continue::
     end
-    if not moved then
-      cur.pos = pos
-      cur.paused = cur.paused - 1
+    if pos > cur[LAST] then cur[LAST] = FIRST - 1 else compact(cur, pos) end
+    cur[HOLD] = cur[HOLD] - 1
+    if waiter then
+      -- Hand the result to the Deferred waiting on cur; cur finishes its
+      -- own chain (with nil) after that one is done.
+      cur[RESULT] = nil
+      local s = cur.sentinel
+      if s then s.failure = nil end
+      waiter[RESULT] = result
+      waiter[HOLD] = waiter[HOLD] - 1
+      depth = depth + 1
+      if stack == nil then stack = {} end
+      stack[depth] = cur
+      cur = waiter
+      failed = getmetatable(result) == Failure
+    else
+      cur[RESULT] = result
       if failed then
         track(cur, result)
-      else
+      elseif started_failed and cur == d then
         local s = cur.sentinel
         if s then s.failure = nil end
       end
       if depth == 0 then return end
-      -- Back to a Deferred that handed its result on: finish its chain.
       cur = stack[depth]
       stack[depth] = nil
       depth = depth - 1
-      failed = getmetatable(cur.result) == Failure
+      failed = false
     end
-    -- A paused Deferred holds everything waiting on it (Twisted returns
-    -- here too; whatever stays queued runs at its unpause).
-    if cur.paused ~= 0 then return end
+    -- A held Deferred holds everything waiting on it (as in Twisted);
+    -- whatever stays queued runs at its unpause.
+    if cur[HOLD] ~= 0 then return end
   end
 end
 
@@ -379,24 +444,23 @@ local function cancelled_failure()
   return new_failure(err, err.traceback)
 end
 
-local function already_called()
+-- A fire after the first: swallowed once after cancel(), else an error.
+local function late_fire(d)
+  if d.suppress then
+    d.suppress = false
+    return
+  end
   error(AlreadyCalled:new("the Deferred has already been fired"), 3)
 end
 
 -- Fires d with v, which may be a Failure (errback chain) or, for internal
 -- callers only, a Deferred to chain on.
 local function fire(d, v)
-  if d.called then
-    if d.suppress then
-      d.suppress = nil
-      return
-    end
-    already_called()
-  end
-  d.called = true
+  if d[RESULT] ~= UNFIRED then return late_fire(d) end
+  setmetatable(d, Fired)
   local mt = getmetatable(v)
-  if mt == Deferred then
-    if v.called and v.paused == 0 then
+  if mt == Pending or mt == Fired then
+    if mt == Fired and v[HOLD] == 0 then
       v = steal(v)
       mt = getmetatable(v)
     else
@@ -404,85 +468,125 @@ local function fire(d, v)
       return
     end
   end
-  d.result = v
+  d[RESULT] = v
   run(d, mt == Failure)
 end
 
 -- d:callback(v): fire the callback chain with v.
-function Deferred:callback(v)
-  if self.called then
-    if self.suppress then
-      self.suppress = nil
-      return
-    end
-    already_called()
-  end
+function D:callback(v)
+  if self[RESULT] ~= UNFIRED then return late_fire(self) end
   local mt = getmetatable(v)
-  if mt == Deferred then
-    argerror(1, "callback", "non-Deferred value (return a Deferred from a callback to chain)", v)
+  setmetatable(self, Fired)
+  if mt ~= nil then
+    if mt == Pending or mt == Fired then
+      setmetatable(self, Pending)
+      argerror(1, "callback", "non-Deferred value (return a Deferred from a callback to chain)", v)
+    end
+    self[RESULT] = v
+    return run(self, mt == Failure)
   end
-  self.called = true
-  self.result = v
-  run(self, mt == Failure)
+  self[RESULT] = v
+  if self[LAST] ~= FIRST + 1 or self[FIRST + 1] ~= CB or self[HOLD] ~= 0 then
+    return run(self, false)
+  end
+  -- The common shape (one plain callback, nothing held) without the
+  -- general loop; any other outcome is left at the head of the chain for
+  -- run() to take up exactly where the loop would have been.
+  self[HOLD] = 1
+  local ok, r = xpcall(self[FIRST], on_error, v)
+  local h = self[HOLD] - 1
+  self[HOLD] = h
+  if ok and h == 0 and self[LAST] == FIRST + 1 and getmetatable(r) == nil then
+    self[FIRST], self[FIRST + 1] = false, false
+    self[LAST] = FIRST - 1
+    self[RESULT] = r
+    return
+  end
+  self[FIRST] = r
+  if ok then self[FIRST + 1] = OUTCOME_OK else self[FIRST + 1] = OUTCOME_ERR end
+  if h == 0 then run(self, false) end
 end
 
 -- d:errback(err): fire the errback chain with err, wrapped in a Failure
 -- (with the caller's traceback) unless it is one.
-function Deferred:errback(err)
-  if self.called then
-    if self.suppress then
-      self.suppress = nil
-      return
-    end
-    already_called()
-  end
+function D:errback(err)
+  if self[RESULT] ~= UNFIRED then return late_fire(self) end
   if getmetatable(err) ~= Failure then err = new_failure(err, traceback_of(err, 2)) end
-  self.called = true
-  self.result = err
+  setmetatable(self, Fired)
+  self[RESULT] = err
   run(self, true)
 end
 
-function Deferred:add_callback(fn, ...)
-  if type(fn) ~= "function" and not callable(fn) then argerror(1, "add_callback", "function", fn) end
-  local n = self.n
-  self[n + 1] = fn
-  if select("#", ...) ~= 0 then self[n + 3] = pack(...) end
-  self.n = n + 3
-  if self.called then run(self, getmetatable(self.result) == Failure) end
+-- The last function that passed add_callback's type check: named callbacks
+-- are added again and again, and a C call per add is a fifth of W7's cost.
+-- Weak, so it never keeps a closure alive.
+local last_checked = setmetatable({ false }, { __mode = "v" })
+
+-- The add_* methods: append an entry; on a fired Deferred it runs at once
+-- (unless the chain is held).
+function D:add_callback(fn, ...)
+  if fn ~= last_checked[1] then
+    if type(fn) ~= "function" and not callable(fn) then argerror(1, "add_callback", "function", fn) end
+    last_checked[1] = fn
+  end
+  local n = self[LAST]
+  if select("#", ...) == 0 then
+    self[n + 1], self[n + 2] = fn, CB
+  else
+    self[n + 1], self[n + 2] = false, { cb = fn, args = pack(...) }
+  end
+  self[LAST] = n + 2
+  local r = self[RESULT]
+  if r ~= UNFIRED then run(self, getmetatable(r) == Failure) end
   return self
 end
 
-function Deferred:add_errback(fn, ...)
-  if type(fn) ~= "function" and not callable(fn) then argerror(1, "add_errback", "function", fn) end
-  local n = self.n
-  self[n + 2] = fn
-  if select("#", ...) ~= 0 then self[n + 3] = pack(...) end
-  self.n = n + 3
-  if self.called then run(self, getmetatable(self.result) == Failure) end
+function D:add_errback(fn, ...)
+  if fn ~= last_checked[1] then
+    if type(fn) ~= "function" and not callable(fn) then argerror(1, "add_errback", "function", fn) end
+    last_checked[1] = fn
+  end
+  local n = self[LAST]
+  if select("#", ...) == 0 then
+    self[n + 1], self[n + 2] = fn, EB
+  else
+    self[n + 1], self[n + 2] = false, { eb = fn, args = pack(...) }
+  end
+  self[LAST] = n + 2
+  local r = self[RESULT]
+  if r ~= UNFIRED then run(self, getmetatable(r) == Failure) end
   return self
 end
 
-function Deferred:add_both(fn, ...)
-  if type(fn) ~= "function" and not callable(fn) then argerror(1, "add_both", "function", fn) end
-  local n = self.n
-  self[n + 1], self[n + 2] = fn, fn
-  if select("#", ...) ~= 0 then self[n + 3] = pack(...) end
-  self.n = n + 3
-  if self.called then run(self, getmetatable(self.result) == Failure) end
+function D:add_both(fn, ...)
+  if fn ~= last_checked[1] then
+    if type(fn) ~= "function" and not callable(fn) then argerror(1, "add_both", "function", fn) end
+    last_checked[1] = fn
+  end
+  local n = self[LAST]
+  if select("#", ...) == 0 then
+    self[n + 1], self[n + 2] = fn, BOTH
+  else
+    self[n + 1], self[n + 2] = false, { cb = fn, eb = fn, args = pack(...) }
+  end
+  self[LAST] = n + 2
+  local r = self[RESULT]
+  if r ~= UNFIRED then run(self, getmetatable(r) == Failure) end
   return self
 end
 
 -- d:add_callbacks(cb, eb, ...): one step with both paths; either may be nil.
 -- Extra arguments go to whichever of the two runs.
-function Deferred:add_callbacks(cb, eb, ...)
+function D:add_callbacks(cb, eb, ...)
   if cb ~= nil and not callable(cb) then argerror(1, "add_callbacks", "function or nil", cb) end
   if eb ~= nil and not callable(eb) then argerror(2, "add_callbacks", "function or nil", eb) end
-  local n = self.n
-  if cb ~= nil then self[n + 1] = cb end
-  if eb ~= nil then self[n + 2] = eb end
-  if select("#", ...) ~= 0 then self[n + 3] = pack(...) end
-  self.n = n + 3
-  if self.called then run(self, getmetatable(self.result) == Failure) end
+  local n = self[LAST]
+  local args = nil
+  if select("#", ...) ~= 0 then args = pack(...) end
+  self[n + 1], self[n + 2] = false, { cb = cb, eb = eb, args = args }
+  self[LAST] = n + 2
+  local r = self[RESULT]
+  if r ~= UNFIRED then run(self, getmetatable(r) == Failure) end
   return self
 end
 
@@ -490,21 +594,27 @@ local function chain_callback(r, other) other:callback(r) end
 local function chain_errback(f, other) other:errback(f) end
 
 -- d:chain_deferred(other): other fires with d's result; d continues with nil.
-function Deferred:chain_deferred(other)
-  if getmetatable(other) ~= Deferred then argerror(1, "chain_deferred", "loom.deferred", other) end
+function D:chain_deferred(other)
+  if not is_deferred(other) then argerror(1, "chain_deferred", "loom.deferred", other) end
   return self:add_callbacks(chain_callback, chain_errback, other)
 end
 
-function Deferred:pause()
-  self.paused = self.paused + 1
+-- User pauses are also counted apart (`pauses`), so that an unpause
+-- without its pause cannot release the hold of a wait or a running chain.
+function D:pause()
+  self.pauses = self.pauses + 1
+  self[HOLD] = self[HOLD] + 1
   return self
 end
 
-function Deferred:unpause()
-  local p = self.paused
+function D:unpause()
+  local p = self.pauses
   if p == 0 then return self end
-  self.paused = p - 1
-  if p == 1 and self.called then run(self, getmetatable(self.result) == Failure) end
+  self.pauses = p - 1
+  local h = self[HOLD]
+  self[HOLD] = h - 1
+  local r = self[RESULT]
+  if h == 1 and r ~= UNFIRED then run(self, getmetatable(r) == Failure) end
   return self
 end
 
@@ -512,19 +622,20 @@ end
 -- swallowed also when a canceller ran but did not fire d: a canceller that
 -- cannot stop the operation should not turn its late completion into an
 -- AlreadyCalled error.
-function Deferred:cancel()
-  if not self.called then
+function D:cancel()
+  local r = self[RESULT]
+  if r == UNFIRED then
     local canceller = self.canceller
     if canceller then canceller(self) end
-    if not self.called then
+    if self[RESULT] == UNFIRED then
       self.suppress = true
-      self.called = true
-      self.result = cancelled_failure()
+      setmetatable(self, Fired)
+      self[RESULT] = cancelled_failure()
       run(self, true)
     end
-  elseif getmetatable(self.result) == Deferred then
+  elseif is_deferred(r) then
     -- Waiting on another Deferred: cancelling that one unblocks this one.
-    self.result:cancel()
+    r:cancel()
   end
 end
 
@@ -545,18 +656,18 @@ end
 -- d:add_timeout(s): cancel d after s seconds; a cancellation caused by the
 -- timeout reaches the chain as a loom.Timeout failure. The timer stops as
 -- soon as d fires.
-function Deferred:add_timeout(s)
+function D:add_timeout(s)
   check_seconds(1, "add_timeout", s)
   local state = { timed_out = false }
   local h = core.call_later(s, timeout_fired, self, state)
   return self:add_both(after_timeout, h, state, s)
 end
 
-function Deferred:__tostring()
-  local addr = format("%p", self)
-  if not self.called then return "loom.deferred: " .. addr .. " (pending)" end
-  local r = self.result
-  if getmetatable(r) == Deferred then
+local function deferred_tostring(d)
+  local addr = format("%p", d)
+  local r = d[RESULT]
+  if r == UNFIRED then return "loom.deferred: " .. addr .. " (pending)" end
+  if is_deferred(r) then
     return "loom.deferred: " .. addr .. " (waiting on loom.deferred: " .. format("%p", r) .. ")"
   end
   local ok, s = pcall(tostring, r)
@@ -564,36 +675,47 @@ function Deferred:__tostring()
   return "loom.deferred: " .. addr .. " (current result: " .. s .. ")"
 end
 
------------------------------------------------------------------- constructors
+for k, v in pairs(D) do
+  Pending[k] = v
+  Fired[k] = v
+end
+Pending.__index, Fired.__index = Pending, Fired
+Pending.__tostring, Fired.__tostring = deferred_tostring, deferred_tostring
 
-function M.deferred(canceller)
-  if canceller ~= nil and not callable(canceller) then
-    argerror(1, "deferred", "function or nil", canceller)
-  end
-  return setmetatable({ called = false, paused = 0, n = 0, pos = 1, result = false,
-    canceller = canceller or false }, Deferred)
+local function new_deferred(canceller)
+  local d = setmetatable({ UNFIRED, 0, FIRST - 1, false, false }, Pending)
+  if canceller then d.canceller = canceller end
+  return d
 end
 
-function M.is_deferred(v)
-  return getmetatable(v) == Deferred
+------------------------------------------------------------------ constructors
+
+-- loom.deferred([canceller]). The constructor presizes the array part for
+-- the first callback entry, so W7's create/add/fire never rehashes.
+function M.deferred(canceller)
+  if canceller == nil then
+    return setmetatable({ UNFIRED, 0, FIRST - 1, false, false }, Pending)
+  end
+  if not callable(canceller) then argerror(1, "deferred", "function or nil", canceller) end
+  return new_deferred(canceller)
+end
+
+M.is_deferred = is_deferred
+
+local function fired_with(v, failed)
+  local d = setmetatable({ v, 0, FIRST - 1, false, false }, Fired)
+  run(d, failed)
+  return d
 end
 
 function M.succeed(v)
-  if getmetatable(v) == Deferred then argerror(1, "succeed", "non-Deferred value", v) end
-  local d = new_deferred()
-  d.called = true
-  d.result = v
-  run(d, getmetatable(v) == Failure)
-  return d
+  if is_deferred(v) then argerror(1, "succeed", "non-Deferred value", v) end
+  return fired_with(v, getmetatable(v) == Failure)
 end
 
 function M.fail(err)
-  local d = new_deferred()
   if getmetatable(err) ~= Failure then err = new_failure(err, traceback_of(err, 2)) end
-  d.called = true
-  d.result = err
-  run(d, true)
-  return d
+  return fired_with(err, true)
 end
 
 -- maybe_deferred(fn, ...): fn's first result as a Deferred; a Deferred result
@@ -602,12 +724,8 @@ function M.maybe_deferred(fn, ...)
   check_callable(1, "maybe_deferred", fn)
   local ok, r = xpcall(fn, on_error, ...)
   if not ok then r = as_failure(r) end
-  if getmetatable(r) == Deferred then return r end
-  local d = new_deferred()
-  d.called = true
-  d.result = r
-  run(d, getmetatable(r) == Failure)
-  return d
+  if is_deferred(r) then return r end
+  return fired_with(r, getmetatable(r) == Failure)
 end
 
 ------------------------------------------------------------------ lists
@@ -671,7 +789,7 @@ local function check_list(fname, ds, opts)
   local inputs = {}
   for i = 1, n do
     local d = ds[i]
-    if getmetatable(d) ~= Deferred then
+    if not is_deferred(d) then
       error(format("bad argument #1 to '%s' (array of loom.deferred expected, got %s at index %d)",
         fname, typename(d), i), 3)
     end
@@ -739,13 +857,14 @@ local function tasklet_failure(t, err)
   return f
 end
 
-local function settle(d, t, ok, ...)
+-- The tasklet ended: fire d with fn's first result (or failure).
+local function settle(d, t, ok, v)
   d.tasklet_done = true
   if d.tasklet_cancelled then return end
   if ok then
-    fire(d, (...))
+    fire(d, v)
   else
-    fire(d, tasklet_failure(t, (...)))
+    fire(d, tasklet_failure(t, v))
   end
 end
 
@@ -753,7 +872,7 @@ end
 -- then kill, since killing the current tasklet raises at once.
 local function tasklet_canceller(d)
   local t = d.tasklet
-  if t == nil or d.tasklet_done then return end
+  if not t or d.tasklet_done then return end
   d.tasklet_cancelled = true
   d:errback(cancelled_failure())
   t:kill("the Deferred was cancelled")
@@ -762,14 +881,21 @@ end
 function M.deferred_tasklet(fn)
   check_callable(1, "deferred_tasklet", fn)
   return function(...)
-    local d = new_deferred(tasklet_canceller)
-    local t, early
-    t = spawn_now(function(...)
+    -- Its named fields presized in one go: three separate insertions would
+    -- each grow the hash part.
+    local d = setmetatable({ UNFIRED, 0, FIRST - 1, false, false, canceller = tasklet_canceller,
+      tasklet = false, tasklet_done = false, tasklet_cancelled = false }, Pending)
+    local t, early, early_ok, early_v
+    t = spawn_now(function(ok, v)
       -- on_done may run inside spawn_now, before t is known.
-      if t == nil then early = pack(...) else settle(d, t, ...) end
+      if t == nil then
+        early, early_ok, early_v = true, ok, v
+      else
+        settle(d, t, ok, v)
+      end
     end, fn, ...)
     d.tasklet = t
-    if early then settle(d, t, unpack(early, 1, early.n)) end
+    if early then settle(d, t, early_ok, early_v) end
     return d
   end
 end
@@ -810,20 +936,24 @@ function M.blocking_tasklet(fn)
   end
 end
 
-local WAITING, GOT, GONE = 0, 1, 2
+local WAITING <const> = 0
+local GOT <const> = 1
+local GONE <const> = 2
 
-local function deliver(r, w)
-  if w.state == WAITING then
-    w.state = GOT
-    w.result = r
-    w.ev:set()
-    return nil
-  end
-  -- Nobody waits any more: leave the result (and any failure) to d.
-  return r
-end
-
+-- A block_on waiter is itself the callback it adds (callable, so no
+-- packed arguments), and a to-be-closed variable that marks the wait
+-- abandoned when the waiting tasklet unwinds.
 local Waiter = {
+  __call = function(w, r)
+    if w.state == WAITING then
+      w.state = GOT
+      w.result = r
+      w.ev:set()
+      return nil
+    end
+    -- Nobody waits any more: leave the result (and any failure) to d.
+    return r
+  end,
   __close = function(w)
     if w.state == WAITING then w.state = GONE end
   end,
@@ -844,14 +974,19 @@ end
 -- block_on(d): d's result, or its failure's error raised. Consumes the
 -- result: d continues with nil (as after Twisted's inlineCallbacks).
 function M.block_on(d)
-  if getmetatable(d) ~= Deferred then argerror(1, "block_on", "loom.deferred", d) end
-  if d.called and d.paused == 0 and d.pos > d.n then
+  if not is_deferred(d) then argerror(1, "block_on", "loom.deferred", d) end
+  -- Fired, not held, nothing queued: the result is final, take it now.
+  if d[RESULT] ~= UNFIRED and d[HOLD] == 0 and d[LAST] < FIRST then
     return raise_result(steal(d))
   end
   local ok, why = can_block()
   if not ok then error(why, 2) end
-  local w <close> = setmetatable({ state = WAITING, ev = core.event() }, Waiter)
-  d:add_both(deliver, w)
+  local w <close> = setmetatable({ state = WAITING, ev = core.event(), result = false }, Waiter)
+  local n = d[LAST]
+  d[n + 1], d[n + 2] = w, BOTH
+  d[LAST] = n + 2
+  local r = d[RESULT]
+  if r ~= UNFIRED then run(d, getmetatable(r) == Failure) end
   if w.state == WAITING then
     local r, msg = w.ev:wait()
     if r == nil or w.state ~= GOT then
@@ -891,7 +1026,10 @@ local function resumed(_, lc)
 end
 
 local function failed_async(f, lc)
-  if lc.running then stop_with(lc, f) end
+  -- Stopped meanwhile: the failure stays on the Deferred (reported if
+  -- nobody handles it) rather than vanish here.
+  if not lc.running then return f end
+  stop_with(lc, f)
 end
 
 function tick(lc)
@@ -902,9 +1040,8 @@ function tick(lc)
   local ok, r = xpcall(lc.fn, on_error, unpack(args, 1, args.n))
   if not ok then return stop_with(lc, as_failure(r)) end
   if not lc.running then return end
-  local mt = getmetatable(r)
-  if mt == Failure then return stop_with(lc, r) end
-  if mt == Deferred then
+  if getmetatable(r) == Failure then return stop_with(lc, r) end
+  if is_deferred(r) then
     -- Wait for it before the next beat; its failure stops the loop.
     r:add_callbacks(resumed, failed_async, lc)
     return
@@ -913,7 +1050,7 @@ function tick(lc)
 end
 
 function LoopingCall:stop()
-  if getmetatable(self) ~= LoopingCall then argerror(0, "stop", "loom.looping_call", self) end
+  if getmetatable(self) ~= LoopingCall then selferror("stop", "loom.looping_call", self) end
   self.running = false
   local h = self.handle
   self.handle = nil
@@ -935,6 +1072,5 @@ function M.looping_call(s, fn, ...)
 end
 
 M.Failure = Failure
-M.deferred_class = Deferred
 
 return M

@@ -108,14 +108,14 @@ function Group:cancel()
   self:_kill_all()
 end
 
--- The Deferred layer (lua/loom/deferred.lua), when present.
-local ok_d, deferred = pcall(require, "loom.deferred")
-if ok_d then
-  for k, v in pairs(deferred) do
-    loom[k] = v
-  end
-elseif not tostring(deferred):find("module 'loom.deferred' not found", 1, true) then
-  error(deferred, 0)
+-- Lua-side policy of the I/O modules: each extends the core table that
+-- loom shares (loom.tcp.serve, loom.process.run).
+require "loom.tcp"
+require "loom.process"
+
+-- The Deferred layer: loom.deferred, loom.Failure, the decorators...
+for k, v in pairs(require "loom.deferred") do
+  loom[k] = v
 end
 
 return loom
