@@ -355,6 +355,9 @@ LOOM_HIDDEN void loom__open_sync(lua_State *L, loom_runtime *rt);
 LOOM_HIDDEN void loom__open_coro(lua_State *L, loom_runtime *rt);
 /* The I/O modules (io.c collects them: tcp, udp, dns, fs, process, signal, stdio). */
 LOOM_HIDDEN void loom__open_io(lua_State *L, loom_runtime *rt);
+/* Sets SIGPIPE to SIG_IGN if it is still SIG_DFL (process.c): a peer that
+ * goes away must give EPIPE, not kill the process. */
+LOOM_HIDDEN void loom__ignore_sigpipe(void);
 LOOM_HIDDEN void loom__open_tcp(lua_State *L, loom_runtime *rt);
 LOOM_HIDDEN void loom__open_udp(lua_State *L, loom_runtime *rt);
 LOOM_HIDDEN void loom__open_dns(lua_State *L, loom_runtime *rt);

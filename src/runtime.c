@@ -317,6 +317,7 @@ LOOM_HIDDEN loom_runtime *loom__runtime_create(lua_State *L, uv_loop_t *loop) {
   rt = calloc(1, sizeof *rt);
   if (!rt)
     luaL_error(L, "not enough memory");
+  loom__ignore_sigpipe();
   if (loop)
     rt->loop = loop;
   else {

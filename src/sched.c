@@ -726,6 +726,8 @@ int loom__drive(loom_runtime *rt, lua_State *L, loom_tasklet *until, int once) {
     }
     if (once)
       break;
+    if (rt->stop || rt->interrupted)
+      continue; /* a tasklet asked to stop: do not block in the loop first */
     if (!loop_alive(rt)) {
       if (until || rt->nblocked > 0)
         rc = LOOM_DEADLOCK;

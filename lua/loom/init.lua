@@ -118,4 +118,11 @@ for k, v in pairs(require "loom.deferred") do
   loom[k] = v
 end
 
+-- loom.stdin/stdout/stderr are made by the core on first access (src/stdio.c).
+setmetatable(loom, { __index = function(_, k)
+  if k == "stdin" or k == "stdout" or k == "stderr" then
+    return core[k]
+  end
+end })
+
 return loom

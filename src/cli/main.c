@@ -3,6 +3,8 @@
  * the main tasklet, so it may block, while the scheduler interleaves the
  * tasklets it spawns. It exits when no work is left.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,6 +337,10 @@ static int main_done(lua_State *L) {
     }
     fflush(stderr);
     c->main_failed = 1;
+    /* Like lua5.4, an error in the script ends the program: stop the
+     * runtime, which kills and unwinds the other tasklets and their
+     * children, instead of waiting for them. */
+    c->rt->stop = 1;
   }
   return 0;
 }
@@ -444,6 +450,12 @@ int main(int argc, char **argv) {
   loom_options o;
   lua_State *L;
   int rc, status = EXIT_SUCCESS;
+  /* libuv must not get fds 0-2 for its own descriptors: a closed standard
+   * stream is reopened on /dev/null. */
+  for (int fd = 0; fd <= 2; fd++)
+    if (fcntl(fd, F_GETFD) < 0 && errno == EBADF)
+      if (open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) < 0)
+        return EXIT_FAILURE;
   memset(&c, 0, sizeof c);
   c.argc = argc;
   c.argv = argv;
