@@ -105,6 +105,17 @@ int loom__call_reactor(loom_runtime *rt, int nargs, const char *where) {
 
 /* ------------------------------------------------------------ run / stop */
 
+/* After the child's join: its results, or its error raised. */
+static int run_join_k(lua_State *L, int status, lua_KContext ctx) {
+  int ud = (int)ctx;
+  (void)status;
+  if (!lua_toboolean(L, ud + 1)) {
+    lua_settop(L, ud + 2);
+    return lua_error(L);
+  }
+  return lua_gettop(L) - ud - 1;
+}
+
 /* loom.run(fn, ...) -> fn's results, or raises its error / a Deadlock. */
 static int l_run(lua_State *L) {
   loom_runtime *rt = loom__rt(L);
@@ -124,15 +135,11 @@ static int l_run(lua_State *L) {
   t->flags |= LOOM_T_WATCHED;
   loom__ready(rt, t);
   if (rt->current) {
-    /* join it like any other tasklet */
+    /* Join it like any other tasklet; the join may yield, hence callk. */
     lua_getfield(L, ud, "join");
     lua_pushvalue(L, ud);
-    lua_call(L, 1, LUA_MULTRET);
-    if (!lua_toboolean(L, ud + 1)) {
-      lua_settop(L, ud + 2);
-      return lua_error(L);
-    }
-    return lua_gettop(L) - ud - 1;
+    lua_callk(L, 1, LUA_MULTRET, ud, run_join_k);
+    return run_join_k(L, LUA_OK, ud);
   }
   rc = loom__drive(rt, L, NULL, 0);
   if (rc == LOOM_DEADLOCK) {

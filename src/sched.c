@@ -553,7 +553,11 @@ static void finish(loom_runtime *rt, lua_State *from, loom_tasklet *t, int rc, i
     n = 1;
     base = tb + 1;
   }
-  release_thread(rt, co);
+  /* Only a thread that ended normally goes back to the pool: one that died
+   * by an error raised in a hook keeps allowhook off (lua_resume restores
+   * it only for pcall), so it would never be preempted again. */
+  if (ok)
+    release_thread(rt, co);
   /* Keep the results for join() callers that come later. */
   if (n > 0 || !ok) {
     int i;
@@ -714,6 +718,10 @@ int loom__drive(loom_runtime *rt, lua_State *L, loom_tasklet *until, int once) {
       loom__resume(rt, L, t);
       if (until && until->status != LOOM_BLOCKED)
         break;
+      /* A preempted tasklet used a whole slice: look at timers and I/O now
+       * rather than after 256 more slices. */
+      if (t->flags & LOOM_T_PREEMPTED)
+        break;
     }
     if (rt->nheap)
       loom__timers_run(rt);
@@ -734,7 +742,14 @@ int loom__drive(loom_runtime *rt, lua_State *L, loom_tasklet *until, int once) {
       break;
     }
     arm_heap_timer(rt);
+    /* The heap timer is unreferenced so it never keeps a finished program
+     * alive; while tasklets sleep it must count, or uv_run(ONCE) would see
+     * a dead loop and return without polling (a busy loop that also never
+     * reads the signal and async descriptors). */
+    if (rt->nheap)
+      uv_ref((uv_handle_t *)&rt->heap_timer);
     uv_run(rt->loop, UV_RUN_ONCE);
+    uv_unref((uv_handle_t *)&rt->heap_timer);
     if (rt->nheap)
       loom__timers_run(rt);
   }

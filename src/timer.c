@@ -333,6 +333,17 @@ static int l_deadline_pop(lua_State *L) {
     lua_pop(L, 1);
     if (same) {
       int fired = d->fired;
+      /* A deadline that passed while a kill was already on its way left
+       * its token pending: it must not surface at a later wait. */
+      if (t->flags & LOOM_T_PENDING) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->pending_ref);
+        if (lua_rawequal(L, -1, 1)) {
+          luaL_unref(L, LUA_REGISTRYINDEX, t->pending_ref);
+          t->pending_ref = LUA_NOREF;
+          t->flags &= ~LOOM_T_PENDING;
+        }
+        lua_pop(L, 1);
+      }
       *pp = d->next;
       deadline_free(rt, d);
       lua_pushboolean(L, fired);

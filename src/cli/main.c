@@ -47,7 +47,7 @@ static void print_usage(FILE *f) {
 
 /* ------------------------------------------------------------ arguments */
 
-enum { HAS_ERROR = 1, HAS_I = 2, HAS_V = 4, HAS_E = 8, HAS_UPPER_E = 16 };
+enum { HAS_ERROR = 1, HAS_I = 2, HAS_V = 4, HAS_E = 8, HAS_UPPER_E = 16, HAS_W = 32 };
 
 typedef struct cli {
   int argc;
@@ -114,6 +114,7 @@ static int collect_args(cli *c) {
       case 'W':
         if (a[2])
           goto bad;
+        c->flags |= HAS_W;
         break;
       case 'i':
         if (a[2])
@@ -212,17 +213,15 @@ static int pushargs(lua_State *L) {
 
 static void dolibrary(lua_State *L, const char *spec) {
   const char *eq = strchr(spec, '=');
+  const char *mod = eq ? eq + 1 : spec;
+  if (eq)
+    lua_pushlstring(L, spec, (size_t)(eq - spec)); /* the global's name */
+  else
+    lua_pushstring(L, spec);
   lua_getglobal(L, "require");
-  if (eq) {
-    lua_pushstring(L, eq + 1);
-    lua_call(L, 1, 1);
-    lua_pushlstring(L, spec, (size_t)(eq - spec));
-  } else {
-    lua_pushstring(L, spec);
-    lua_call(L, 1, 1);
-    lua_pushstring(L, spec);
-  }
-  lua_setglobal(L, lua_tostring(L, -1));
+  lua_pushstring(L, mod);
+  lua_call(L, 1, 1);
+  lua_setglobal(L, lua_tostring(L, -2));
   lua_pop(L, 1);
 }
 
@@ -267,6 +266,8 @@ static int pmain(lua_State *L) {
   cli *c = lua_touserdata(L, lua_upvalueindex(1));
   char **argv = c->argv;
   int i;
+  if (c->flags & HAS_W)
+    lua_warning(L, "@on", 0);
   if (!(c->flags & HAS_UPPER_E)) {
     const char *init = getenv("LUA_INIT_5_4");
     const char *name = "=LUA_INIT_5_4";
@@ -348,7 +349,7 @@ static int main_done(lua_State *L) {
 /* ------------------------------------------------------------ signals */
 
 static cli *the_cli;
-static volatile sig_atomic_t sigint_count;
+static volatile sig_atomic_t sigint_count, sigint_delivered;
 static uv_async_t sigint_async;
 static uv_signal_t sigquit_watch, sigterm_watch;
 
@@ -378,9 +379,9 @@ static void sigint_deliver(uv_async_t *a) {
   loom_runtime *rt = the_cli->rt;
   lua_State *L = rt->RL;
   (void)a;
-  if (!sigint_count)
+  if (sigint_count <= sigint_delivered)
     return;
-  sigint_count = 0;
+  sigint_delivered = sigint_count;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->live_ref);
   if (lua_rawgeti(L, -1, 1) == LUA_TUSERDATA) {
     loom_tasklet *t = lua_touserdata(L, -1);
