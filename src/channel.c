@@ -345,7 +345,11 @@ static int l_select(lua_State *L) {
   }
   top = lua_gettop(L);
   /* Fair among the ready cases: start the scan at a random case. */
-  start = (int)(rt->switches % (uint64_t)n);
+  /* xorshift: the switch counter alone repeats in a loop without switches. */
+  rt->rand ^= rt->rand << 13;
+  rt->rand ^= rt->rand >> 7;
+  rt->rand ^= rt->rand << 17;
+  start = (int)(rt->rand % (uint64_t)n);
   for (i = 0; i < n; i++) {
     int c = (start + i) % n + 1, chi = 2 * c, vi = 2 * c + 1;
     channel *ch = lua_touserdata(L, chi);

@@ -20,6 +20,45 @@ static int resume_pass(lua_State *L, lua_State *co, int narg, int *nres);
 
 static int pass_k(lua_State *L, int status, lua_KContext ctx);
 
+/* Generators suspended inside a loom wait, so that nobody but their own
+ * tasklet's wrapper resumes them (a weak-keyed registry table). */
+static char waiting_key;
+
+static void push_waiting(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &waiting_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &waiting_key);
+  }
+}
+
+static void set_waiting(lua_State *L, lua_State *co, int on) {
+  push_waiting(L);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  if (on)
+    lua_pushboolean(L, 1);
+  else
+    lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+static int is_waiting(lua_State *L, lua_State *co) {
+  int w;
+  push_waiting(L);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  w = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return w;
+}
+
 static int finish_resume(lua_State *L, lua_State *co, int status, int nres, int wrap) {
   loom_runtime *rt = loom__rt(L);
   if (status == LUA_OK || status == LUA_YIELD) {
@@ -35,10 +74,17 @@ static int finish_resume(lua_State *L, lua_State *co, int status, int nres, int 
     return nres + 1;
   }
   lua_xmove(co, L, 1); /* the error */
-  /* A kill aimed at the tasklet unwinds through its generators too. */
+  /* A kill aimed at the tasklet unwinds through its generators too: the
+   * generator's own <close> variables run first. */
   if (rt->current && (rt->current->flags & LOOM_T_KILLED) &&
-      loom__error_is(L, rt, -1, LOOM_E_TASKLETEXIT))
+      loom__error_is(L, rt, -1, LOOM_E_TASKLETEXIT)) {
+#if LUA_VERSION_RELEASE_NUM >= 50406
+    lua_closethread(co, L);
+#else
+    lua_resetthread(co);
+#endif
     return lua_error(L);
+  }
   if (wrap) {
 #if LUA_VERSION_RELEASE_NUM >= 50406
     lua_closethread(co, L);
@@ -66,6 +112,7 @@ static int drive_co(lua_State *L, lua_State *co, int narg, int wrap) {
     lua_pop(co, 1);
     if (!t)
       return luaL_error(L, "a loom wait escaped its tasklet");
+    set_waiting(L, co, 1);
     if (L == t->L)
       return lua_yieldk(L, 0, (lua_KContext)wrap, pass_k);
     if (!lua_isyieldable(L))
@@ -86,6 +133,7 @@ static int pass_k(lua_State *L, int status, lua_KContext ctx) {
   int wrap = (int)ctx, n = rt->resume_n;
   lua_State *co = co_of(L, wrap);
   (void)status;
+  set_waiting(L, co, 0);
   if (!lua_checkstack(co, n + LUA_MINSTACK))
     return luaL_error(L, "stack overflow passing values to a coroutine");
   lua_xmove(L, co, n);
@@ -105,6 +153,9 @@ static int start_resume(lua_State *L, lua_State *co, int narg, int wrap) {
   if (loom__is_loom_thread(co))
     return luaL_error(L, "cannot resume a tasklet's thread with coroutine.resume "
                          "(tasklets are run by the scheduler)");
+  if (status == LUA_YIELD && is_waiting(L, co))
+    return luaL_error(L, "cannot resume a coroutine that waits inside loom "
+                         "(its tasklet resumes it when the wait ends)");
   if (status == LUA_OK && lua_gettop(co) == 0) {
     lua_pushliteral(L, "cannot resume dead coroutine");
     goto fail;

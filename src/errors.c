@@ -84,6 +84,7 @@ static int class_is(lua_State *L) {
 /* Class:new([message [, fields]]) -> error object, with the caller's traceback. */
 static int class_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 3); /* the new object goes to 4, above the optional arguments */
   lua_createtable(L, 0, 4);
   if (lua_type(L, 3) == LUA_TTABLE) {
     lua_pushnil(L);

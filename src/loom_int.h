@@ -216,6 +216,7 @@ struct loom_runtime {
   struct loom_post_queue *posts;
   volatile int interrupted;
   int sandbox;
+  uint64_t rand;             /* select's fair start (xorshift state) */
   const void *mt[LOOM_MT_N]; /* metatables of the hot types (identity only) */
 };
 

@@ -347,6 +347,7 @@ LOOM_HIDDEN loom_runtime *loom__runtime_create(lua_State *L, uv_loop_t *loop) {
   rt->shutdown_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   rt->on_error_ref = LUA_NOREF;
   rt->objects.next = rt->objects.prev = &rt->objects;
+  rt->rand = uv_hrtime() | 1;
   rt->next_slot = 1;
   rt->main.flags = LOOM_T_MAIN;
   rt->main.pending_ref = LUA_NOREF;

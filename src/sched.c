@@ -514,11 +514,16 @@ static void finish(loom_runtime *rt, lua_State *from, loom_tasklet *t, int rc, i
   int ud, base, ok = (rc == LUA_OK), n, killed = 0, tb = 0;
   int watched = (t->flags & LOOM_T_WATCHED) != 0;
   int joined = t->joiners && t->joiners->count > 0;
-  int live = lua_gettop(from) + 1;
+  int live = lua_gettop(from) + 1, label = 0;
   luaL_checkstack(from, nres + 8, "too many results");
   lua_rawgeti(from, LUA_REGISTRYINDEX, rt->live_ref);
   lua_rawgeti(from, live, t->slot);
   ud = live + 1;
+  if (rc != LUA_OK && !watched && !joined) {
+    /* The report's label needs the live slot (the name), so it is made now. */
+    loom__push_label(from, rt, t);
+    label = lua_gettop(from);
+  }
   if (ok) {
     n = nres;
     lua_xmove(co, from, nres);
@@ -586,8 +591,7 @@ static void finish(loom_runtime *rt, lua_State *from, loom_tasklet *t, int rc, i
   free(t->joiners);
   t->joiners = NULL;
   if (!ok && !killed && !watched && !joined) {
-    loom__push_label(from, rt, t);
-    lua_pushfstring(from, "error in %s", lua_tostring(from, -1));
+    lua_pushfstring(from, "error in %s", lua_tostring(from, label));
     loom__report(rt, from, base, lua_tostring(from, -1), lua_tostring(from, tb));
   }
   lua_settop(from, live - 1);
@@ -806,7 +810,7 @@ void loom__push_deadlock(lua_State *L, loom_runtime *rt) {
   (void)n;
   {
     const char *msg = lua_tostring(L, -1);
-    loom__error_new(L, rt, LOOM_E_DEADLOCK, msg, 0);
+    loom__error_new(L, rt, LOOM_E_DEADLOCK, msg, 1);
     lua_remove(L, -2);
   }
 }

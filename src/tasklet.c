@@ -237,7 +237,7 @@ static int t_kill(lua_State *L) {
   if (t->status == LOOM_DEAD)
     return 0;
   t->flags |= LOOM_T_KILLED;
-  loom__error_new(L, rt, LOOM_E_TASKLETEXIT, reason, 0);
+  loom__error_new(L, rt, LOOM_E_TASKLETEXIT, reason, 1); /* traceback of the killer */
   if (t == rt->current && L == t->L)
     return lua_error(L);
   loom__raise_in(rt, L, t);
