@@ -21,6 +21,7 @@ typedef struct channel {
   uint32_t magic; /* LOOM_MAGIC(LOOM_MT_CHANNEL) */
   loom_waitq recvq, sendq;
   lua_Integer cap, count, head; /* ring: slots head+1 .. head+count (mod cap) */
+  lua_Integer nback;            /* values given back by killed receivers: keys -1.. */
   int closed;
 } channel;
 
@@ -85,6 +86,10 @@ static void give(loom_runtime *rt, lua_State *L, int vidx, loom_wait *w) {
   }
   lua_pushvalue(L, vidx);
   lua_xmove(L, S, 1);
+  if (!(b->t->flags & LOOM_T_MAIN)) {
+    b->t->flags |= LOOM_T_HANDED;
+    b->t->undo = w->index ? LOOM_UNDO_SELECT : LOOM_UNDO_RECEIVE;
+  }
   loom__wake(rt, b, n + 1, LOOM_WOKE_DONE);
 }
 
@@ -144,6 +149,16 @@ static int try_send(loom_runtime *rt, lua_State *L, channel *ch, int ud, int vid
 
 /* Tries to receive at once: pushes the value and returns 1, or 0. */
 static int try_receive(loom_runtime *rt, lua_State *L, channel *ch, int ud) {
+  if (ch->nback > 0) {
+    /* A value a killed receiver gave back comes first: it was sent first. */
+    lua_getiuservalue(L, ud, 1);
+    lua_rawgeti(L, -1, -ch->nback);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, -ch->nback);
+    lua_remove(L, -2);
+    ch->nback--;
+    return 1;
+  }
   if (ch->count > 0) {
     buf_pop(L, ch, ud);
     if (ch->sendq.head) {
@@ -265,7 +280,8 @@ static int ch_iter(lua_State *L) {
 }
 
 static int ch_len(lua_State *L) {
-  lua_pushinteger(L, check_channel(L, 1)->count);
+  channel *ch = check_channel(L, 1);
+  lua_pushinteger(L, ch->count + ch->nback);
   return 1;
 }
 
@@ -354,7 +370,7 @@ static int l_select(lua_State *L) {
     int c = (start + i) % n + 1, chi = 2 * c, vi = 2 * c + 1;
     channel *ch = lua_touserdata(L, chi);
     int is_send = !lua_isnil(L, vi);
-    if (ch->closed && (is_send || (ch->count == 0 && !ch->sendq.head))) {
+    if (ch->closed && (is_send || (ch->count == 0 && ch->nback == 0 && !ch->sendq.head))) {
       lua_pushinteger(L, c);
       lua_pushnil(L);
       lua_pushliteral(L, "ECLOSED: channel closed");
@@ -403,6 +419,35 @@ static int l_select(lua_State *L) {
   (void)top;
   loom__block_timeout(rt, b, timeout);
   return loom__suspend(L, rt, b);
+}
+
+/* The value at vidx returns to the channel at frame index chi: to a waiting
+ * receiver if there is one, else ahead of the buffered values. */
+static void give_back(lua_State *L, loom_runtime *rt, int chi, int vidx) {
+  channel *ch = luaL_testudata(L, chi, CHANNEL_MT);
+  if (!ch)
+    return;
+  if (ch->recvq.head) {
+    give(rt, L, vidx, loom__waitq_pop(&ch->recvq));
+    return;
+  }
+  lua_getiuservalue(L, chi, 1);
+  lua_pushvalue(L, vidx);
+  lua_rawseti(L, -2, -(++ch->nback));
+  lua_pop(L, 1);
+}
+
+void loom__undo(lua_State *L, loom_runtime *rt, int kind, int nvals) {
+  int top = lua_gettop(L); /* the error */
+  if (kind == LOOM_UNDO_RECEIVE && nvals >= 1)
+    give_back(L, rt, 1, top - 1);
+  else if (kind == LOOM_UNDO_SELECT && nvals >= 2) {
+    int i = (int)lua_tointeger(L, top - 2);
+    if (i > 0)
+      give_back(L, rt, 2 * i, top - 1);
+  } else if (kind == LOOM_UNDO_SEMAPHORE)
+    loom__semaphore_giveback(L, rt, 1);
+  lua_settop(L, top);
 }
 
 void loom__open_channel(lua_State *L, loom_runtime *rt) {

@@ -112,8 +112,18 @@ enum {
   LOOM_T_KILLED = 1 << 4,   /* a kill is on its way */
   LOOM_T_MAIN = 1 << 5,     /* the pseudo-tasklet of the main thread */
   LOOM_T_PENDING = 1 << 6,  /* pending_ref holds an error to raise at the next wait */
-  LOOM_T_PREEMPTED = 1 << 7
+  LOOM_T_PREEMPTED = 1 << 7,
+  LOOM_T_HANDED = 1 << 8    /* its wake handed it a value or unit (see undo) */
 };
+
+/* What a handed-over wake must give back if the tasklet is killed or timed
+ * out before it runs (design rule Y8): nothing is lost. */
+enum { LOOM_UNDO_NONE = 0, LOOM_UNDO_RECEIVE, LOOM_UNDO_SELECT, LOOM_UNDO_SEMAPHORE };
+/* Gives back what a wake handed over: runs in the continuation of the
+ * waiting C function (its arguments are at 1..), with the nvals woken values
+ * below the error on top (channel.c, sync.c). */
+LOOM_HIDDEN void loom__undo(lua_State *L, loom_runtime *rt, int kind, int nvals);
+LOOM_HIDDEN void loom__semaphore_giveback(lua_State *L, loom_runtime *rt, int idx);
 
 /* The C side of a tasklet: the memory of its full userdata ("loom.tasklet").
  * User values: 1 = the function before start, the thread while alive, the
@@ -134,6 +144,7 @@ struct loom_tasklet {
   uint16_t nresume;    /* values waiting on L for the next resume */
   uint8_t status;
   uint8_t nresume_k;   /* 1: it last yielded at a wait point (has a continuation) */
+  uint8_t undo;        /* LOOM_UNDO_*: what its pending wake handed over */
   uint16_t flags;
 };
 

@@ -180,7 +180,11 @@ static int resume_k(lua_State *L, int status, lua_KContext ctx) {
   int n = rt->resume_n;
   (void)status;
   if (t && (t->flags & LOOM_T_RAISE)) {
+    int undo = t->undo;
     t->flags &= ~LOOM_T_RAISE;
+    t->undo = LOOM_UNDO_NONE;
+    if (undo)
+      loom__undo(L, rt, undo, n - 1);
     return lua_error(L);
   }
   return n;
@@ -333,12 +337,20 @@ void loom__raise_in(loom_runtime *rt, lua_State *L, loom_tasklet *t) {
   }
   if (t->status == LOOM_READY && (t->flags & LOOM_T_STARTED) && (t->flags & LOOM_T_RAISE) == 0 &&
       t->nresume_k) {
-    /* Woken but not yet resumed at a wait point: the error replaces the
-     * values the waker left (they are dropped with the tasklet). */
+    /* Woken but not yet resumed at a wait point: the error is raised
+     * there instead. Values the waker handed over (a channel value, a
+     * semaphore unit) stay below it, for the wait's continuation to give
+     * back; other results are dropped. */
     S = loom__wake_stack(rt, t, 1);
-    lua_pop(S, t->nresume);
-    lua_xmove(L, S, 1);
-    t->nresume = 1;
+    if (t->flags & LOOM_T_HANDED) {
+      lua_xmove(L, S, 1);
+      t->nresume++;
+    } else {
+      lua_pop(S, t->nresume);
+      lua_xmove(L, S, 1);
+      t->nresume = 1;
+      t->undo = LOOM_UNDO_NONE;
+    }
     t->flags |= LOOM_T_RAISE;
     return;
   }
@@ -657,6 +669,9 @@ void loom__resume(loom_runtime *rt, lua_State *from, loom_tasklet *t) {
   nargs = t->nresume;
   t->nresume = 0;
   t->nresume_k = 0;
+  t->flags &= ~LOOM_T_HANDED;
+  if (!(t->flags & LOOM_T_RAISE))
+    t->undo = LOOM_UNDO_NONE;
   prev = rt->current;
   rt->current = t;
   t->status = LOOM_RUNNING;

@@ -117,20 +117,35 @@ static int sem_acquire(lua_State *L) {
   return loom__suspend(L, rt, b);
 }
 
+static void release_unit(loom_runtime *rt, semaphore *s) {
+  loom_wait *w = loom__waitq_pop(&s->waiters);
+  if (w) {
+    loom_tasklet *t = w->block->t;
+    lua_State *S = loom__wake_stack(rt, t, 1);
+    if (S)
+      lua_pushboolean(S, 1);
+    if (!(t->flags & LOOM_T_MAIN)) {
+      t->flags |= LOOM_T_HANDED;
+      t->undo = LOOM_UNDO_SEMAPHORE;
+    }
+    loom__wake(rt, w->block, S ? 1 : 0, LOOM_WOKE_DONE);
+  } else
+    s->count++;
+}
+
 /* release() hands the unit straight to the oldest waiter, so a releaser
  * that acquires again at once cannot starve it. */
 static int sem_release(lua_State *L) {
   loom_runtime *rt = loom__rt(L);
   semaphore *s = loom__checkud_sized(L, 1, LOOM_MT_SEMAPHORE, sizeof(semaphore), SEMAPHORE_MT);
-  loom_wait *w = loom__waitq_pop(&s->waiters);
-  if (w) {
-    lua_State *S = loom__wake_stack(rt, w->block->t, 1);
-    if (S)
-      lua_pushboolean(S, 1);
-    loom__wake(rt, w->block, S ? 1 : 0, LOOM_WOKE_DONE);
-  } else
-    s->count++;
+  release_unit(rt, s);
   return 0;
+}
+
+void loom__semaphore_giveback(lua_State *L, loom_runtime *rt, int idx) {
+  semaphore *s = luaL_testudata(L, idx, SEMAPHORE_MT);
+  if (s)
+    release_unit(rt, s);
 }
 
 static int sem_props(lua_State *L) {
