@@ -70,10 +70,10 @@ static int msgh(lua_State *L) {
     lua_settop(L, 1);
     return 1;
   }
+  /* Other values become their text followed by the traceback: that is all
+   * a report of them can use. */
   loom__push_error_text(L, 1);
   luaL_traceback(L, L, lua_tostring(L, -1), 1);
-  /* keep the original value: the traceback rides along as a second value */
-  lua_pushvalue(L, 1);
   return 1;
 }
 
@@ -96,7 +96,8 @@ int loom__call_reactor(loom_runtime *rt, int nargs, const char *where) {
       lua_getfield(R, -1, "traceback");
       tb = lua_tostring(R, -1);
       lua_pop(R, 1);
-    }
+    } else
+      tb = lua_tostring(R, -1); /* msgh made it "message\nstack traceback:..." */
     loom__report(rt, R, -1, where, tb);
   }
   lua_settop(R, fn - 1);
