@@ -21,7 +21,8 @@ typedef struct channel {
   uint32_t magic; /* LOOM_MAGIC(LOOM_MT_CHANNEL) */
   loom_waitq recvq, sendq;
   lua_Integer cap, count, head; /* ring: slots head+1 .. head+count (mod cap) */
-  lua_Integer nback;            /* values given back by killed receivers: keys -1.. */
+  lua_Integer nback, bfirst;    /* values given back by killed receivers, FIFO at
+                                 * keys -(bfirst+1) .. -(bfirst+nback) */
   int closed;
 } channel;
 
@@ -109,6 +110,10 @@ static void take(loom_runtime *rt, lua_State *L, loom_wait *w) {
     lua_pushinteger(S, w->index);
   else
     lua_pushboolean(S, 1);
+  /* The value is delivered: a kill or deadline arriving before the sender
+   * runs must not make the send look failed; it waits for the next wait. */
+  if (!(b->t->flags & LOOM_T_MAIN))
+    b->t->undo = LOOM_UNDO_KEEP;
   loom__wake(rt, b, 1, LOOM_WOKE_DONE);
 }
 
@@ -151,12 +156,14 @@ static int try_send(loom_runtime *rt, lua_State *L, channel *ch, int ud, int vid
 static int try_receive(loom_runtime *rt, lua_State *L, channel *ch, int ud) {
   if (ch->nback > 0) {
     /* A value a killed receiver gave back comes first: it was sent first. */
+    lua_Integer k = -(++ch->bfirst);
     lua_getiuservalue(L, ud, 1);
-    lua_rawgeti(L, -1, -ch->nback);
+    lua_rawgeti(L, -1, k);
     lua_pushnil(L);
-    lua_rawseti(L, -3, -ch->nback);
+    lua_rawseti(L, -3, k);
     lua_remove(L, -2);
-    ch->nback--;
+    if (--ch->nback == 0)
+      ch->bfirst = 0;
     return 1;
   }
   if (ch->count > 0) {
@@ -433,7 +440,7 @@ static void give_back(lua_State *L, loom_runtime *rt, int chi, int vidx) {
   }
   lua_getiuservalue(L, chi, 1);
   lua_pushvalue(L, vidx);
-  lua_rawseti(L, -2, -(++ch->nback));
+  lua_rawseti(L, -2, -(ch->bfirst + (++ch->nback)));
   lua_pop(L, 1);
 }
 

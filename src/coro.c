@@ -211,6 +211,9 @@ static int l_close(lua_State *L) {
   luaL_argexpected(L, co, 1, "coroutine");
   if (loom__is_loom_thread(co))
     return luaL_error(L, "cannot close a tasklet's thread (use t:kill())");
+  if (lua_status(co) == LUA_YIELD && is_waiting(L, co))
+    return luaL_error(L, "cannot close a coroutine that waits inside loom "
+                         "(kill its tasklet instead)");
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_insert(L, 1);
   lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);

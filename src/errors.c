@@ -109,8 +109,8 @@ static int class_new(lua_State *L) {
 }
 
 static int error_tostring(lua_State *L) {
-  lua_getfield(L, 1, "code");
-  lua_getfield(L, 1, "message");
+  loom__rawgetfield(L, 1, "code");
+  loom__rawgetfield(L, 1, "message");
   lua_pushfstring(L, "%s: %s", luaL_optstring(L, -2, "ERROR"), luaL_optstring(L, -1, "?"));
   return 1;
 }
@@ -119,12 +119,16 @@ void loom__push_error_text(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
   switch (lua_type(L, idx)) {
     case LUA_TSTRING:
+      lua_pushvalue(L, idx);
+      return;
     case LUA_TNUMBER:
-      lua_pushstring(L, lua_tostring(L, idx));
+      /* lua_tostring converts in place: convert a copy, keep the number. */
+      lua_pushvalue(L, idx);
+      lua_tostring(L, -1);
       return;
     case LUA_TTABLE:
-      if (lua_getfield(L, idx, "message") == LUA_TSTRING) {
-        if (lua_getfield(L, idx, "code") == LUA_TSTRING) {
+      if (loom__rawgetfield(L, idx, "message") == LUA_TSTRING) {
+        if (loom__rawgetfield(L, idx, "code") == LUA_TSTRING) {
           lua_pushfstring(L, "%s: %s", lua_tostring(L, -1), lua_tostring(L, -2));
           lua_replace(L, -3);
           lua_pop(L, 1);
@@ -210,7 +214,7 @@ static int l_report_error(lua_State *L) {
   luaL_checkany(L, 1);
   lua_settop(L, 2);
   if (lua_type(L, 1) == LUA_TTABLE) {
-    lua_getfield(L, 1, "traceback");
+    loom__rawgetfield(L, 1, "traceback");
     tb = lua_tostring(L, -1);
   }
   loom__report(rt, L, 1, where, tb);

@@ -118,7 +118,13 @@ enum {
 
 /* What a handed-over wake must give back if the tasklet is killed or timed
  * out before it runs (design rule Y8): nothing is lost. */
-enum { LOOM_UNDO_NONE = 0, LOOM_UNDO_RECEIVE, LOOM_UNDO_SELECT, LOOM_UNDO_SEMAPHORE };
+enum {
+  LOOM_UNDO_NONE = 0,
+  LOOM_UNDO_RECEIVE,   /* a channel value: give it back */
+  LOOM_UNDO_SELECT,    /* a select's received value: give it back */
+  LOOM_UNDO_SEMAPHORE, /* a semaphore unit: release it again */
+  LOOM_UNDO_KEEP       /* a completed send: let it return, raise at the next wait */
+};
 /* Gives back what a wake handed over: runs in the continuation of the
  * waiting C function (its arguments are at 1..), with the nvals woken values
  * below the error on top (channel.c, sync.c). */
@@ -307,6 +313,20 @@ LOOM_HIDDEN int loom__yield(lua_State *L, loom_runtime *rt);
 /* Pushes a printable text for the error value at idx without running code
  * that could fail. */
 LOOM_HIDDEN void loom__push_error_text(lua_State *L, int idx);
+/* Field access on error values never runs their metamethods: an error
+ * object with a hostile __index/__newindex must not raise where nothing
+ * protects the call. */
+static inline int loom__rawgetfield(lua_State *L, int idx, const char *k) {
+  idx = lua_absindex(L, idx);
+  lua_pushstring(L, k);
+  return lua_rawget(L, idx);
+}
+static inline void loom__rawsetfield(lua_State *L, int idx, const char *k) {
+  idx = lua_absindex(L, idx);
+  lua_pushstring(L, k);
+  lua_insert(L, -2);
+  lua_rawset(L, idx);
+}
 LOOM_HIDDEN extern void *loom__sentinel;
 
 /* ------------------------------------------------------------ errors */

@@ -62,10 +62,10 @@ void loom__set_methods(lua_State *L, loom_runtime *rt, lua_CFunction props) {
 static int msgh(lua_State *L) {
   if (lua_type(L, 1) == LUA_TTABLE) {
     /* An error object keeps its value; record where it was raised. */
-    if (lua_getfield(L, 1, "traceback") == LUA_TNIL && lua_getmetatable(L, 1)) {
+    if (loom__rawgetfield(L, 1, "traceback") == LUA_TNIL && lua_getmetatable(L, 1)) {
       lua_pop(L, 1);
       luaL_traceback(L, L, NULL, 1);
-      lua_setfield(L, 1, "traceback");
+      loom__rawsetfield(L, 1, "traceback");
     }
     lua_settop(L, 1);
     return 1;
@@ -93,7 +93,7 @@ int loom__call_reactor(loom_runtime *rt, int nargs, const char *where) {
   if (rc != LUA_OK) {
     const char *tb = NULL;
     if (lua_type(R, -1) == LUA_TTABLE) {
-      lua_getfield(R, -1, "traceback");
+      loom__rawgetfield(R, -1, "traceback");
       tb = lua_tostring(R, -1);
       lua_pop(R, 1);
     } else

@@ -336,7 +336,7 @@ void loom__raise_in(loom_runtime *rt, lua_State *L, loom_tasklet *t) {
     return;
   }
   if (t->status == LOOM_READY && (t->flags & LOOM_T_STARTED) && (t->flags & LOOM_T_RAISE) == 0 &&
-      t->nresume_k) {
+      t->nresume_k && t->undo != LOOM_UNDO_KEEP) {
     /* Woken but not yet resumed at a wait point: the error is raised
      * there instead. Values the waker handed over (a channel value, a
      * semaphore unit) stay below it, for the wait's continuation to give
@@ -560,10 +560,10 @@ static void finish(loom_runtime *rt, lua_State *from, loom_tasklet *t, int rc, i
     if (lua_type(from, -1) == LUA_TTABLE && lua_getmetatable(from, -1)) {
       /* A loom error object records the traceback where it escaped. */
       lua_pop(from, 1);
-      if (lua_getfield(from, -1, "traceback") == LUA_TNIL) {
+      if (loom__rawgetfield(from, -1, "traceback") == LUA_TNIL) {
         lua_pop(from, 1);
         lua_pushvalue(from, tb);
-        lua_setfield(from, -2, "traceback");
+        loom__rawsetfield(from, -2, "traceback");
       } else
         lua_pop(from, 1);
     }

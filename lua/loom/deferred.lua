@@ -657,6 +657,9 @@ end
 -- timeout reaches the chain as a loom.Timeout failure. The timer stops as
 -- soon as d fires.
 function D:add_timeout(s)
+  if not is_deferred(self) then
+    error(("bad argument #1 to 'add_timeout' (loom.deferred expected, got %s)"):format(type(self)), 2)
+  end
   check_seconds(1, "add_timeout", s)
   local state = { timed_out = false }
   local h = core.call_later(s, timeout_fired, self, state)

@@ -327,13 +327,14 @@ static int main_done(lua_State *L) {
   cli *c = lua_touserdata(L, lua_upvalueindex(1));
   if (!lua_toboolean(L, 1)) {
     const char *msg;
-    if (lua_type(L, 2) == LUA_TTABLE && lua_getfield(L, 2, "traceback") == LUA_TSTRING) {
-      lua_getfield(L, 2, "code");
-      lua_getfield(L, 2, "message");
+    if (lua_type(L, 2) == LUA_TTABLE && loom__rawgetfield(L, 2, "traceback") == LUA_TSTRING) {
+      loom__rawgetfield(L, 2, "code");
+      loom__rawgetfield(L, 2, "message");
       fprintf(stderr, "%s: %s: %s\n%s\n", progname, luaL_optstring(L, -2, "ERROR"),
               luaL_optstring(L, -1, "?"), lua_tostring(L, -3));
     } else {
-      msg = lua_tostring(L, 2);
+      loom__push_error_text(L, 2);
+      msg = lua_tostring(L, -1);
       fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error object is not a string)");
     }
     fflush(stderr);
