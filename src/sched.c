@@ -103,6 +103,18 @@ const char *loom__why_not_block(lua_State *L, loom_runtime *rt) {
            "tasklet or use a Deferred instead";
   if (rt->driving)
     return "cannot block here: the loop is already running below this call";
+  if (lua_gc(L, LUA_GCISRUNNING) != 1) { /* -1 inside a finalizer (5.4.4+) */
+    /* The collector is stopped - by the user, or because a finalizer runs:
+     * the main thread must not run the scheduler inside the collector. */
+    lua_Debug ar;
+    int level;
+    for (level = 0; lua_getstack(L, level, &ar); level++) {
+      lua_getinfo(L, "n", &ar);
+      if (ar.namewhat && strcmp(ar.namewhat, "metamethod") == 0 && ar.name &&
+          strcmp(ar.name, "__gc") == 0)
+        return "cannot block here: inside a __gc finalizer";
+    }
+  }
   return NULL;
 }
 

@@ -225,40 +225,30 @@ static void dolibrary(lua_State *L, const char *spec) {
   lua_pop(L, 1);
 }
 
+/* The interactive loop, in Lua so that each line runs inside the main
+ * tasklet (it may block) and reading a line waits on loom.stdin without
+ * freezing the other tasklets. */
+static const char repl_source[] =
+    "local loom = require 'loom'\n"
+    "local pack, unpack = table.pack, table.unpack\n"
+    "while true do\n"
+    "  loom.stdout:write('> ')\n"
+    "  local line = loom.stdin:read_line()\n"
+    "  if not line then loom.stdout:write('\\n') break end\n"
+    "  local f, err = load('return ' .. line, '=stdin')\n"
+    "  if not f then f, err = load(line, '=stdin') end\n"
+    "  if not f then\n"
+    "    io.stderr:write(err, '\\n')\n"
+    "  else\n"
+    "    local r = pack(xpcall(f, debug.traceback))\n"
+    "    if not r[1] then io.stderr:write(tostring(r[2]), '\\n')\n"
+    "    elseif r.n > 1 then print(unpack(r, 2, r.n)) end\n"
+    "  end\n"
+    "end\n";
+
 static void repl(lua_State *L) {
-  char line[4096];
-  for (;;) {
-    int status;
-    fputs("> ", stdout);
-    fflush(stdout);
-    if (!fgets(line, sizeof line, stdin))
-      break;
-    lua_pushfstring(L, "return %s", line);
-    status = luaL_loadbuffer(L, lua_tostring(L, -1), lua_rawlen(L, -1), "=stdin");
-    lua_remove(L, -2);
-    if (status != LUA_OK) {
-      lua_pop(L, 1);
-      status = luaL_loadbuffer(L, line, strlen(line), "=stdin");
-    }
-    if (status == LUA_OK) {
-      int top = lua_gettop(L) - 1;
-      lua_pushcfunction(L, msghandler);
-      lua_insert(L, -2);
-      status = lua_pcall(L, 0, LUA_MULTRET, top + 1);
-      lua_remove(L, top + 1);
-      if (status == LUA_OK && lua_gettop(L) > top) {
-        lua_getglobal(L, "print");
-        lua_insert(L, top + 1);
-        lua_pcall(L, lua_gettop(L) - top - 1, 0, 0);
-      }
-    }
-    if (status != LUA_OK) {
-      fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
-      lua_pop(L, 1);
-    }
-    lua_settop(L, 0);
-  }
-  fputs("\n", stdout);
+  load_or_raise(L, luaL_loadbuffer(L, repl_source, sizeof repl_source - 1, "=repl"));
+  docall(L, 0);
 }
 
 /* The body of the main tasklet: LUA_INIT, -e/-l in order, the script, -i. */
@@ -350,9 +340,10 @@ static int main_done(lua_State *L) {
 /* ------------------------------------------------------------ signals */
 
 static cli *the_cli;
-static volatile sig_atomic_t sigint_count, sigint_delivered;
+static volatile sig_atomic_t sigint_count, sigint_delivered, sigquit_pending, sigterm_seen;
+static void print_dump(lua_State *L);
 static uv_async_t sigint_async;
-static uv_signal_t sigquit_watch, sigterm_watch;
+
 
 static void sigint_hook(lua_State *L, lua_Debug *ar) {
   loom_runtime *rt = the_cli->rt;
@@ -380,6 +371,10 @@ static void sigint_deliver(uv_async_t *a) {
   loom_runtime *rt = the_cli->rt;
   lua_State *L = rt->RL;
   (void)a;
+  if (sigquit_pending)
+    print_dump(L);
+  if (sigterm_seen)
+    the_cli->main_failed = 1;
   if (sigint_count <= sigint_delivered)
     return;
   sigint_delivered = sigint_count;
@@ -399,30 +394,52 @@ static void sigint_deliver(uv_async_t *a) {
   the_cli->main_failed = 1;
 }
 
-static void on_sigquit(uv_signal_t *h, int sig) {
-  loom_runtime *rt = the_cli->rt;
-  lua_State *L = rt->RL;
-  (void)h;
-  (void)sig;
+
+/* Prints loom.dump() (on whatever thread runs Lua now). */
+static void print_dump(lua_State *L) {
+  int top = lua_gettop(L);
+  sigquit_pending = 0;
   lua_getglobal(L, "loom");
-  if (lua_getfield(L, -1, "dump") == LUA_TFUNCTION && lua_pcall(L, 0, 1, 0) == LUA_OK)
+  if (lua_type(L, -1) == LUA_TTABLE && lua_getfield(L, -1, "dump") == LUA_TFUNCTION &&
+      lua_pcall(L, 0, 1, 0) == LUA_OK)
     fprintf(stderr, "%s\n", lua_tostring(L, -1));
-  lua_settop(L, 0);
+  lua_settop(L, top);
 }
 
-static void on_sigterm(uv_signal_t *h, int sig) {
-  (void)h;
+/* A spinning tasklet sees SIGQUIT/SIGTERM here (set from the handler). */
+static void signal_hook(lua_State *L, lua_Debug *ar) {
+  loom_runtime *rt = the_cli->rt;
+  loom__preempt_setup(rt, L);
+  if (sigquit_pending)
+    print_dump(L);
+  if (sigterm_seen && ar->event == LUA_HOOKCOUNT && rt->current && rt->current->L == L &&
+      lua_isyieldable(L))
+    lua_yield(L, 0);
+}
+
+static void on_sigquit(int sig) {
+  loom_runtime *rt = the_cli->rt;
   (void)sig;
-  the_cli->rt->stop = 1;
-  the_cli->main_failed = 1;
+  sigquit_pending = 1;
+  if (rt->current && rt->current->L)
+    lua_sethook(rt->current->L, signal_hook, LUA_MASKCOUNT, 1);
+  uv_async_send(&sigint_async);
+}
+
+static void on_sigterm(int sig) {
+  loom_runtime *rt = the_cli->rt;
+  (void)sig;
+  sigterm_seen = 1;
+  rt->stop = 1;
+  if (rt->current && rt->current->L)
+    lua_sethook(rt->current->L, signal_hook, LUA_MASKCOUNT, 1);
+  uv_async_send(&sigint_async);
 }
 
 static void close_cli_handle(loom_runtime *rt, loom_link *l) {
   (void)rt;
   (void)l;
   uv_close((uv_handle_t *)&sigint_async, NULL);
-  uv_close((uv_handle_t *)&sigquit_watch, NULL);
-  uv_close((uv_handle_t *)&sigterm_watch, NULL);
 }
 
 static loom_link cli_link = {NULL, NULL, close_cli_handle};
@@ -431,17 +448,15 @@ static void setup_signals(loom_runtime *rt) {
   struct sigaction sa;
   uv_async_init(rt->loop, &sigint_async, sigint_deliver);
   uv_unref((uv_handle_t *)&sigint_async);
-  uv_signal_init(rt->loop, &sigquit_watch);
-  uv_signal_start(&sigquit_watch, on_sigquit, SIGQUIT);
-  uv_unref((uv_handle_t *)&sigquit_watch);
-  uv_signal_init(rt->loop, &sigterm_watch);
-  uv_signal_start(&sigterm_watch, on_sigterm, SIGTERM);
-  uv_unref((uv_handle_t *)&sigterm_watch);
   loom__link(rt, &cli_link);
   memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
+  sa.sa_handler = on_sigint;
   sigaction(SIGINT, &sa, NULL);
+  sa.sa_handler = on_sigquit;
+  sigaction(SIGQUIT, &sa, NULL);
+  sa.sa_handler = on_sigterm;
+  sigaction(SIGTERM, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
 }
 
@@ -513,7 +528,7 @@ int main(int argc, char **argv) {
     status = EXIT_FAILURE;
   } else if (rc == LOOM_DEADLOCK || rc == LOOM_STOPPED)
     status = rc == LOOM_DEADLOCK || c.main_failed ? EXIT_FAILURE : EXIT_SUCCESS;
-  if (c.main_failed || loom_error_count(c.rt) > 0)
+  if (c.main_failed || sigterm_seen || loom_error_count(c.rt) > 0)
     status = EXIT_FAILURE;
   loom__run_shutdown(c.rt);
   if (loom_error_count(c.rt) > 0)
