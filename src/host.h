@@ -26,23 +26,23 @@ struct loom_post_queue {
   char pad[64];              /* keeps the producers' line away from the rest */
   post_node *tail;           /* the next node to pop (runtime's thread) */
   post_node stub;
-  atomic_int closed;     /* loom_close began: posts are refused */
+  atomic_int closed;           /* loom_close began: posts are refused */
   _Atomic(uv_thread_t) driver; /* the thread that last drove the runtime */
   uv_async_t async;
   loom_runtime *rt;
   /* the batch of posts being run (on_async) */
   post_node *batch_last;
   int batch_done, batch_more;
-  int in_posts;          /* > 0 while posted functions run */
-  int nwaiting;          /* pendings waiting: they keep the loop alive */
+  int in_posts; /* > 0 while posted functions run */
+  int nwaiting; /* pendings waiting: they keep the loop alive */
   /* the step in progress: hrtime deadlines, 0 outside loom_step */
   uint64_t step_deadline;
-  uint64_t guard_at;     /* code that cannot be preempted stops after this... */
-  uint64_t guard_cpu0;   /* ...and once this thread has used guard_cpu ns of CPU */
-  uint64_t guard_cpu;    /* since guard_cpu0 (time the OS gave to others does not count) */
-  int sandbox;           /* loom_options.sandbox */
-  int closing;           /* loom_close is running */
-  int close_expired;     /* ...and its time for unwinding is up */
+  uint64_t guard_at;   /* code that cannot be preempted stops after this... */
+  uint64_t guard_cpu0; /* ...and once this thread has used guard_cpu ns of CPU */
+  uint64_t guard_cpu;  /* since guard_cpu0 (time the OS gave to others does not count) */
+  int sandbox;         /* loom_options.sandbox */
+  int closing;         /* loom_close is running */
+  int close_expired;   /* ...and its time for unwinding is up */
 };
 
 typedef struct loom_post_queue host_state;

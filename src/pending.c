@@ -12,13 +12,13 @@ enum { P_NEW, P_EARLY, P_WAITING, P_CANCELLED };
 
 struct loom_pending {
   loom_runtime *rt;
-  lua_State *L;     /* the thread of the C function that made it */
-  lua_State *S;     /* where results are pushed (loom_pending_state) */
-  loom_block *b;    /* while P_WAITING */
+  lua_State *L;  /* the thread of the C function that made it */
+  lua_State *S;  /* where results are pushed (loom_pending_state) */
+  loom_block *b; /* while P_WAITING */
   const char *what;
   int state;
-  int base;         /* S's top when results began, -1 before */
-  int nresults;     /* P_EARLY: the results left on L */
+  int base;     /* S's top when results began, -1 before */
+  int nresults; /* P_EARLY: the results left on L */
 };
 
 /* A waiting pending is work in flight, like a timer: its completion will
@@ -135,23 +135,23 @@ void loom_pending_complete(loom_pending *p, int nresults) {
   if (!p)
     return;
   switch (p->state) {
-    case P_NEW:
-      p->nresults = pending_take(p, nresults);
-      p->state = P_EARLY; /* loom_pending_wait returns them and frees p */
-      return;
-    case P_WAITING: {
-      loom_block *b = p->b;
-      int n = pending_take(p, nresults);
-      b->cancel = NULL;
-      pending_waits(p->rt, -1);
-      loom__wake(p->rt, b, n, LOOM_WOKE_DONE);
-      free(p);
-      return;
-    }
-    case P_CANCELLED:
-      free(p);
-      return;
-    default:
-      return; /* P_EARLY: a second completion, ignored */
+  case P_NEW:
+    p->nresults = pending_take(p, nresults);
+    p->state = P_EARLY; /* loom_pending_wait returns them and frees p */
+    return;
+  case P_WAITING: {
+    loom_block *b = p->b;
+    int n = pending_take(p, nresults);
+    b->cancel = NULL;
+    pending_waits(p->rt, -1);
+    loom__wake(p->rt, b, n, LOOM_WOKE_DONE);
+    free(p);
+    return;
+  }
+  case P_CANCELLED:
+    free(p);
+    return;
+  default:
+    return; /* P_EARLY: a second completion, ignored */
   }
 }

@@ -69,8 +69,7 @@ static int run_batch(lua_State *L) {
     ud = p->ud;
     free(p);
     fn(q->rt, ud);
-    if (!q->batch_done && (++n & 31) == 0 && q->step_deadline &&
-        uv_hrtime() >= q->step_deadline) {
+    if (!q->batch_done && (++n & 31) == 0 && q->step_deadline && uv_hrtime() >= q->step_deadline) {
       q->batch_done = 1;
       q->batch_more = 1; /* the rest runs at the next poll */
     }
@@ -225,5 +224,3 @@ int loom_post_message(loom_runtime *rt, const char *handler, const void *data, s
     free(m);
   return rc;
 }
-
-
