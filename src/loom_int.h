@@ -191,6 +191,7 @@ struct loom_runtime {
   int driving;            /* > 0 while a drive loop runs */
   int stop;               /* loom.stop() was called */
   int closing;            /* loom_close began: nothing reenters Lua */
+  int unwinding;          /* shutdown is killing the tasklets: no new waits */
   uint64_t next_id;
 
   /* live tasklets: registry table slot -> userdata */

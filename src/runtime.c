@@ -268,6 +268,7 @@ LOOM_HIDDEN void loom__runtime_shutdown(loom_runtime *rt) {
   lua_State *L = rt->RL;
   if (rt->closing)
     return;
+  rt->unwinding = 1;
   if (rt->nlive > 0)
     loom__kill_all(rt, L);
   loom__run_shutdown(rt);

@@ -90,7 +90,7 @@ static loom_tasklet *pop_ready(loom_runtime *rt) {
 /* ------------------------------------------------------------ contexts */
 
 const char *loom__why_not_block(lua_State *L, loom_runtime *rt) {
-  if (rt->closing)
+  if (rt->closing || rt->unwinding)
     return "cannot block: the runtime is closing";
   if (rt->current) {
     if (!lua_isyieldable(L))
@@ -751,7 +751,7 @@ int loom__drive(loom_runtime *rt, lua_State *L, loom_tasklet *until, int once) {
         break;
       /* A preempted tasklet used a whole slice: look at timers and I/O now
        * rather than after 256 more slices. */
-      if (t->flags & LOOM_T_PREEMPTED)
+      if ((t->flags & LOOM_T_PREEMPTED) || rt->stop || rt->interrupted)
         break;
     }
     if (rt->nheap)
