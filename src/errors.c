@@ -109,6 +109,7 @@ static int class_new(lua_State *L) {
 }
 
 static int error_tostring(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE); /* callable directly with anything */
   loom__rawgetfield(L, 1, "code");
   loom__rawgetfield(L, 1, "message");
   lua_pushfstring(L, "%s: %s", luaL_optstring(L, -2, "ERROR"), luaL_optstring(L, -1, "?"));
