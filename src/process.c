@@ -175,8 +175,8 @@ static void proc_link_close(loom_runtime *rt, loom_link *l) {
 /* The box was collected: a running child keeps its handle (and the runtime
  * busy) until it exits; the exit callback then frees it. */
 static int proc_gc(lua_State *L) {
-  proc_box *box = lua_touserdata(L, 1);
-  if (box->p) {
+  proc_box *box = luaL_testudata(L, 1, PROC_MT); /* __gc is reachable from Lua */
+  if (box && box->p) {
     box->p->box = NULL;
     box->p = NULL;
   }

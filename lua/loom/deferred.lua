@@ -678,6 +678,18 @@ local function deferred_tostring(d)
   return "loom.deferred: " .. addr .. " (current result: " .. s .. ")"
 end
 
+-- Every method checks its self first: a method called on something that is
+-- not a Deferred raises "bad argument", never "attempt to index". Methods
+-- call each other through D's originals, so the check runs once per call.
+for k, f in pairs(D) do
+  D[k] = function(self, ...)
+    if not is_deferred(self) then
+      error(("bad argument #1 to '%s' (loom.deferred expected, got %s)"):format(k, typename(self)), 2)
+    end
+    return f(self, ...)
+  end
+end
+
 for k, v in pairs(D) do
   Pending[k] = v
   Fired[k] = v

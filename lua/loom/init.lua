@@ -59,7 +59,14 @@ function loom.group()
                         done = core.event() }, Group)
 end
 
+local function check_group(g, name)
+  if getmetatable(g) ~= Group then
+    error(("bad argument #1 to '%s' (loom.group expected, got %s)"):format(name, type(g)), 3)
+  end
+end
+
 function Group:spawn(fn, ...)
+  check_group(self, "spawn")
   check_function(fn, 2, "spawn")
   if self.cancelled then
     error("the group was cancelled", 2)
@@ -83,6 +90,7 @@ function Group:spawn(fn, ...)
 end
 
 function Group:_kill_all()
+  check_group(self, "_kill_all")
   for t in pairs(self.members) do
     t:kill("group member killed: another member failed or the group was cancelled")
   end
@@ -90,6 +98,7 @@ end
 
 --- g:wait([s]) -> true | false, err | nil, "ETIMEDOUT: ...", "ETIMEDOUT"
 function Group:wait(s)
+  check_group(self, "wait")
   if s ~= nil then check_seconds(s, 2, "wait") end
   if self.live > 0 then
     local ok, msg, code = self.done:wait(s)
@@ -104,6 +113,7 @@ function Group:wait(s)
 end
 
 function Group:cancel()
+  check_group(self, "cancel")
   self.cancelled = true
   self:_kill_all()
 end
