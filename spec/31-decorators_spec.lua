@@ -65,10 +65,26 @@ local loom_bin = (arg and arg[-1]) or "build/loom"
 if not loom_bin:find("loom") then loom_bin = "build/loom" end
 local build_dir = loom_bin:match("^(.*)/[^/]*$") or "."
 
+-- An ASan build's core.so needs the sanitizer runtimes preloaded into the
+-- uninstrumented lua5.4 (as spec/helper.lua does for the other specs).
+local function preload()
+  local p = io.popen("ldd '" .. build_dir .. "/lib/loom/core.so' 2>/dev/null")
+  local libs = {}
+  for line in p:lines() do
+    local lib = line:match("=>%s*(%S+)")
+    if lib and (lib:find("libasan", 1, true) or lib:find("libubsan", 1, true)) then
+      libs[#libs + 1] = lib
+    end
+  end
+  p:close()
+  if #libs == 0 then return "" end
+  return "LD_PRELOAD='" .. table.concat(libs, " ") .. "' ASAN_OPTIONS=detect_leaks=0 "
+end
+
 local function run_lua5_4(code)
   local cmd = string.format(
-    [[lua5.4 -e 'package.cpath = %q .. package.cpath' -e %q 2>&1; echo "exit=$?"]],
-    build_dir .. "/lib/?/core.so;", code)
+    [[%slua5.4 -e 'package.cpath = %q .. package.cpath' -e %q 2>&1; echo "exit=$?"]],
+    preload(), build_dir .. "/lib/?/core.so;", code)
   local p = io.popen(cmd)
   local out = p:read("a")
   p:close()
