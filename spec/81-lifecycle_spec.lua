@@ -785,6 +785,20 @@ describe("regressions", function()
     assert.equal(42, err)
   end)
 
+  it("add_callback(nil) raises even after the last checked callback was collected (found by "
+    .. "test/gcstress.sh)", function()
+    do
+      local d0 = loom.deferred()
+      d0:add_callback(function() end)
+      d0:add_errback(function() end)
+    end
+    collectgarbage()
+    collectgarbage()
+    local d = loom.deferred()
+    assert.is_false((pcall(d.add_callback, d, nil)))
+    assert.is_false((pcall(d.add_errback, d, nil)))
+  end)
+
   it("d:add_timeout on something that is not a Deferred arms no timer", function()
     local timers = loom.stats().timers
     local d = loom.deferred()

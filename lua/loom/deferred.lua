@@ -525,7 +525,7 @@ local last_checked = setmetatable({ false }, { __mode = "v" })
 -- The add_* methods: append an entry; on a fired Deferred it runs at once
 -- (unless the chain is held).
 function D:add_callback(fn, ...)
-  if fn ~= last_checked[1] then
+  if fn == nil or fn ~= last_checked[1] then
     if type(fn) ~= "function" and not callable(fn) then argerror(1, "add_callback", "function", fn) end
     last_checked[1] = fn
   end
@@ -542,7 +542,7 @@ function D:add_callback(fn, ...)
 end
 
 function D:add_errback(fn, ...)
-  if fn ~= last_checked[1] then
+  if fn == nil or fn ~= last_checked[1] then
     if type(fn) ~= "function" and not callable(fn) then argerror(1, "add_errback", "function", fn) end
     last_checked[1] = fn
   end
@@ -559,7 +559,7 @@ function D:add_errback(fn, ...)
 end
 
 function D:add_both(fn, ...)
-  if fn ~= last_checked[1] then
+  if fn == nil or fn ~= last_checked[1] then
     if type(fn) ~= "function" and not callable(fn) then argerror(1, "add_both", "function", fn) end
     last_checked[1] = fn
   end
