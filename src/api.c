@@ -312,6 +312,9 @@ loom_runtime *loom_new(const loom_options *o) {
       free(la);
       return NULL;
     }
+    /* Lua leaves the main thread's extra space uninitialised and copies it
+     * into every new coroutine; loom tells its own threads by that space. */
+    memset(lua_getextraspace(L), 0, LUA_EXTRASPACE);
     lua_pushcfunction(L, open_libs);
     lua_pushboolean(L, o->open_libs);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
